@@ -52,7 +52,8 @@ def _byte_alphabet() -> list[str]:
 
 def clip_vocab(bpe_path: Path | None = None) -> tuple[dict[str, int], list[str]]:
     """Return ``(token -> id, merges)`` for the CLIP BPE, built from the merges file alone."""
-    lines = gzip.open(bpe_path or clip_bpe_path(), "rt", encoding="utf-8").read().split("\n")
+    with gzip.open(bpe_path or clip_bpe_path(), "rt", encoding="utf-8") as handle:
+        lines = handle.read().split("\n")
     merges = lines[1 : 1 + _N_MERGES]
     alphabet = _byte_alphabet()
     tokens = alphabet + [a + "</w>" for a in alphabet] + ["".join(m.split()) for m in merges] + [BOS, EOS]
@@ -86,9 +87,12 @@ def load_tokenizer(directory: Path | None = None):
     from transformers import CLIPTokenizer
 
     if directory is not None:
-        return CLIPTokenizer.from_pretrained(str(directory), local_files_only=True)
-    vocab, merges = clip_vocab()
-    return CLIPTokenizer(vocab=vocab, merges=[tuple(m.split()) for m in merges], model_max_length=CONTEXT)
+        tokenizer = CLIPTokenizer.from_pretrained(str(directory), local_files_only=True)
+    else:
+        vocab, merges = clip_vocab()
+        tokenizer = CLIPTokenizer(vocab=vocab, merges=[tuple(m.split()) for m in merges])
+    tokenizer.model_max_length = 1 << 30  # memguard chunks long prompts itself (see ``tokenize``)
+    return tokenizer
 
 
 @dataclass(frozen=True)

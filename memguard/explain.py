@@ -1,0 +1,109 @@
+"""Token-wise significance: which words of the prompt drive the memorization score.
+
+Wen et al., ICLR 2024, Sec. 4 ("explaining"): the significance of token ``i`` is the magnitude of the gradient of
+the detection loss with respect to that token's text embedding,
+
+    s_i = || d/d e_i  sum_j || eps(x_T^j, e) - eps(x_T^j, e_empty) ||_2 ||_2
+
+with ``e`` the conditional embedding (the text encoder's output the UNet attends to), the inner norm per image ``j``
+and the outer one over the embedding channels of position ``i``. BOS, EOS and padding positions are left out; the
+gradient flows through the UNet only.
+
+Deliberate choice (the methods dossier, Sec. 1.6 item 7): Wen's released code scores tokens on a trajectory sampled
+with reversed guidance; memguard scores under the normal CFG trajectory the user actually samples, at the first step
+by default (``x_T``, where memorization is decided). The loss magnitude is the same either way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from .tokens import Tokenized
+
+EpsModel = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def token_gradients(eps_model: EpsModel, x: torch.Tensor, cond: torch.Tensor, eps_empty: torch.Tensor) -> torch.Tensor:
+    """Per-position gradient magnitude of ``sum_j d_j`` w.r.t. ``cond``, averaged over the rows ``j``; shape ``(L,)``.
+
+    ``x`` holds ``n`` noisy samples (e.g. ``n`` seeds), ``cond`` their ``n`` conditional rows ``(n, L, C)``, and
+    ``eps_empty`` the empty-prompt predictions on the same ``x`` (no gradient needed: they do not depend on ``cond``).
+    """
+    with torch.enable_grad():
+        e = cond.detach().clone().requires_grad_(True)
+        delta = eps_model(x, e).float() - eps_empty.detach().float()
+        loss = delta.flatten(1).norm(dim=1).sum()
+        (grad,) = torch.autograd.grad(loss, e)
+    return grad.float().norm(dim=-1).mean(dim=0).detach()
+
+
+@dataclass(frozen=True)
+class TokenScore:
+    """One prompt piece with its character span, raw significance and its share of the prompt's maximum (0..1)."""
+
+    text: str
+    start: int
+    end: int
+    position: int
+    value: float
+    normalized: float
+
+
+@dataclass(frozen=True)
+class WordScore:
+    """A word as typed (adjacent pieces joined), scored by its strongest piece."""
+
+    text: str
+    start: int
+    end: int
+    value: float
+    normalized: float
+
+
+@dataclass(frozen=True)
+class Explanation:
+    prompt: str
+    tokens: list[TokenScore]
+
+    def words(self) -> list[WordScore]:
+        """Group pieces into the words the user typed: pieces that share characters, or letters that touch."""
+        groups: list[list[TokenScore]] = []
+        for t in self.tokens:
+            prev = groups[-1][-1] if groups else None
+            touching = prev is not None and t.start == prev.end and t.text[:1].isalnum() and prev.text[-1:].isalnum()
+            if prev is not None and (t.start < prev.end or touching):
+                groups[-1].append(t)
+            else:
+                groups.append([t])
+        out = []
+        for g in groups:
+            best = max(g, key=lambda t: t.value)
+            start, end = g[0].start, max(t.end for t in g)
+            out.append(WordScore(self.prompt[start:end], start, end, best.value, best.normalized))
+        return out
+
+    def top(self, k: int = 3) -> list[WordScore]:
+        return sorted(self.words(), key=lambda w: -w.value)[:k]
+
+    def to_dict(self) -> dict:
+        return {
+            "tokens": [t.__dict__ for t in self.tokens],
+            "words": [w.__dict__ for w in self.words()],
+        }
+
+
+def explain(tokenized: Tokenized, gradients: torch.Tensor | Sequence[float]) -> Explanation:
+    """Attach per-position gradients to the prompt's pieces (positions ``k*77 + 1 .. k*77 + 75`` of chunk ``k``)."""
+    values = [float(v) for v in torch.as_tensor(gradients).flatten().tolist()]
+    kept = [t for t in tokenized.tokens if t.position < len(values)]
+    peak = max((values[t.position] for t in kept), default=0.0)
+    scale = peak if peak > 0 else 1.0
+    return Explanation(
+        prompt=tokenized.prompt,
+        tokens=[
+            TokenScore(t.text, t.start, t.end, t.position, values[t.position], values[t.position] / scale) for t in kept
+        ],
+    )

@@ -1,0 +1,109 @@
+"""The one small interface every mitigation strategy implements.
+
+At the first sampling step the host (the WebUI glue, the command line's pipeline) scores each image. For the images
+to mitigate it builds a :class:`Case` and hands it to a strategy, which returns an :class:`Intervention`: the
+conditional rows to sample with from now on, an optional cross-attention edit and an optional guidance schedule for
+those images, and a :class:`Report` per image. The host then re-evaluates the first step for those images with the
+intervention in force and carries on sampling; every other image of the batch is left exactly as it was.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Protocol
+
+import torch
+
+EpsModel = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class Case:
+    """What a strategy may use, for the ``n`` images it must mitigate, at the first step.
+
+    ``eps_model(x, cond)`` returns the network's eps for latents in the sampler's own scaling at this step;
+    ``eps_empty`` are the empty-prompt predictions on ``x``; ``keep[j]`` lists the sequence positions of row ``j``
+    that are prompt tokens, BOS or the first EOS of a chunk (what Ren et al.'s padding mask keeps); ``bos`` the BOS
+    positions (``k*77``); ``target`` the score to get below (the calibrated threshold unless set); ``model`` the
+    network whose parameters stay frozen, ``checkpoint`` its blocks to recompute in backward passes.
+    """
+
+    eps_model: EpsModel
+    x: torch.Tensor
+    cond: torch.Tensor
+    eps_empty: torch.Tensor
+    keep: list[list[int]]
+    bos: list[int]
+    target: float
+    scores: list[float]
+    interrupted: Callable[[], bool] = lambda: False
+    model: torch.nn.Module | None = None
+    checkpoint: Sequence[torch.nn.Module] = ()
+
+
+@dataclass
+class Report:
+    """What a strategy did to one image and what it cost (UNet passes counted per image row)."""
+
+    strategy: str
+    score_before: float | None = None
+    score_after: float | None = None
+    iterations: int = 0
+    unet_forwards: int = 0
+    unet_backwards: int = 0
+    seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def unet_equivalents(self) -> float:
+        """Cost in UNet forward evaluations, a backward counted as two forwards."""
+        return self.unet_forwards + 2 * self.unet_backwards
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "unet_equivalents": self.unet_equivalents}
+
+
+@dataclass(frozen=True)
+class AttentionEdit:
+    """Ren et al. 2024 cross-attention edit: multiply the BOS pre-softmax logit by ``c_bos``; drop padding keys."""
+
+    c_bos: float = 1.25
+    mask_padding: bool = True
+
+
+@dataclass
+class Intervention:
+    cond: torch.Tensor
+    reports: list[Report]
+    attention: AttentionEdit | None = None
+    guidance: list | None = None  # one GuidanceSchedule per image
+
+
+class Strategy(Protocol):
+    name: str
+
+    def __call__(self, case: Case) -> Intervention: ...
+
+
+def merge(first: Intervention, second: Intervention) -> Intervention:
+    """Combine two interventions on the same images (the second one's conditioning wins)."""
+    reports = []
+    for a, b in zip(first.reports, second.reports):
+        reports.append(
+            Report(
+                strategy=f"{a.strategy}+{b.strategy}",
+                score_before=a.score_before,
+                iterations=a.iterations + b.iterations,
+                unet_forwards=a.unet_forwards + b.unet_forwards,
+                unet_backwards=a.unet_backwards + b.unet_backwards,
+                seconds=a.seconds + b.seconds,
+                notes=a.notes + b.notes,
+            )
+        )
+    return Intervention(
+        cond=second.cond,
+        reports=reports,
+        attention=second.attention or first.attention,
+        guidance=second.guidance or first.guidance,
+    )
