@@ -234,10 +234,26 @@ def _cfg(model: Model, x: torch.Tensor, t, cond: torch.Tensor, uncond: torch.Ten
     return eps_c, model.eps(x, t, uncond)
 
 
+def _rows(model: Model, prompts: str | Sequence[str], n: int) -> tuple[list[Tokenized], torch.Tensor]:
+    """Tokenize and encode one prompt per image row (a single prompt is repeated); all must have as many chunks."""
+    texts = [prompts] * n if isinstance(prompts, str) else list(prompts)
+    if len(texts) != n:
+        raise ValueError(f"{len(texts)} prompts for {n} seeds")
+    cache: dict[str, tuple[Tokenized, torch.Tensor]] = {}
+    for text in texts:
+        if text not in cache:
+            tok = model.tokenize(text)
+            cache[text] = (tok, model.encode(tok))
+    lengths = {cache[t][1].shape[1] for t in texts}
+    if len(lengths) > 1:
+        raise ValueError("prompts of one batch must have the same number of 75-token chunks; batch them by length")
+    return [cache[t][0] for t in texts], torch.cat([cache[t][1] for t in texts])
+
+
 @torch.no_grad()
 def sample(
     model: Model,
-    prompt: str,
+    prompts: str | Sequence[str],
     seeds: Sequence[int],
     *,
     steps: int = 50,
@@ -250,15 +266,15 @@ def sample(
     stop_after: int | None = None,
     interrupted: Callable[[], bool] = lambda: False,
 ) -> list[Generation]:
-    """Sample ``prompt`` once per seed with DDIM + CFG, score each image at the first step, and mitigate the flagged.
+    """Sample one image per seed with DDIM + CFG, score each at the first step, and mitigate the flagged ones.
 
+    ``prompts`` is one prompt for all seeds or one per seed (a batch of prompts of equal chunk count).
     ``score_steps > 1`` averages ``d_t`` over the first steps for the reported score (the decision to mitigate is
     taken at the first step). ``stop_after`` ends sampling early (scanning needs only the first steps); the
     generations then carry no image.
     """
     n = len(seeds)
-    tok = model.tokenize(prompt)
-    cond = model.encode(tok).expand(n, -1, -1).clone()
+    toks, cond = _rows(model, prompts, n)
     empty = model.empty().expand(n, -1, -1)
     uncond = empty if negative == "" else model.encode(model.tokenize(negative)).expand(n, -1, -1)
     x = torch.cat([model.noise(s) for s in seeds])
@@ -268,31 +284,28 @@ def sample(
     history = torch.zeros(n, last)
     intervention: Intervention | None = None
     targets: list[int] = []
-    keep = positions_kept(tok)
+    keep = [positions_kept(tok) for tok in toks]
     detections: list[Detection] = []
     for step, t in enumerate(timesteps[:last]):
         edit = intervention.attention if intervention else None
-        eps_c, eps_u = _cfg(model, x, t, cond, uncond, (targets, [keep] * len(targets)), edit)
+        eps_c, eps_u = _cfg(model, x, t, cond, uncond, (targets, [keep[i] for i in targets]), edit)
         extra = step == 0 and negative != ""
         eps_e = model.eps(x, t, empty) if extra else eps_u
         d = wen_norm(eps_c - eps_e)
         history[:, step] = d
         if step == 0:
             detections = judge(d.tolist(), threshold, extra_pass=extra, steps=score_steps)
-            targets = [i for i, det in enumerate(detections) if force or det.flagged]
+            targets = [i for i, det in enumerate(detections) if det.scorable and (force or det.flagged)]
             if strategy is not None and targets:
                 intervention = _mitigate(model, strategy, x, t, cond, eps_e, d, targets, keep, threshold, interrupted)
                 cond = cond.clone()
                 cond[targets] = intervention.cond.to(cond.dtype)
                 edit = intervention.attention
-                rows = list(range(len(targets)))
-                new_c, new_u = _cfg(
-                    model, x[targets], t, cond[targets], uncond[targets], (rows, [keep] * len(rows)), edit
-                )
+                rows = (list(range(len(targets))), [keep[i] for i in targets])
+                new_c, new_u = _cfg(model, x[targets], t, cond[targets], uncond[targets], rows, edit)
                 eps_c, eps_u = eps_c.clone(), eps_u.clone()
                 eps_c[targets], eps_u[targets] = new_c, new_u
-                ref = eps_e[targets] if extra else new_u
-                after = wen_norm(new_c - ref)
+                after = wen_norm(new_c - (eps_e[targets] if extra else new_u))
                 for j, report in enumerate(intervention.reports):
                     report.score_after = float(after[j])
                     d[targets[j]] = after[j]
@@ -304,16 +317,17 @@ def sample(
         x = scheduler.step(eps, t, x).prev_sample
         if interrupted():
             break
-    window = history[:, : max(1, min(score_steps, last))]
-    for i, det in enumerate(detections):
-        if score_steps > 1 and det.score is not None:
-            det.score = float(window[i].mean()) if i not in targets else det.score
-            det.flagged = bool(threshold is not None and det.score > threshold)
+    if score_steps > 1:
+        window = history[:, : max(1, min(score_steps, last))].mean(dim=1)
+        for i, det in enumerate(detections):
+            if det.scorable and i not in targets:
+                det.score = float(window[i])
+                det.flagged = bool(threshold is not None and det.score > threshold)
     reports = dict(zip(targets, intervention.reports)) if intervention else {}
     images = model.decode(x) if stop_after is None else None
     return [
         Generation(
-            prompt=prompt,
+            prompt=toks[i].prompt,
             seed=int(s),
             detection=detections[i],
             image=images[i] if images is not None else None,
@@ -332,7 +346,7 @@ def _mitigate(model, strategy, x, t, cond, eps_e, d, targets, keep, threshold, i
         x=x[targets],
         cond=cond[targets],
         eps_empty=eps_e[targets],
-        keep=[keep] * len(targets),
+        keep=[keep[i] for i in targets],
         bos=list(range(0, cond.shape[1], CONTEXT)),
         target=threshold if threshold is not None else float(d[targets].min()) / 2,
         scores=[float(d[i]) for i in targets],
@@ -350,7 +364,7 @@ def _mitigate(model, strategy, x, t, cond, eps_e, d, targets, keep, threshold, i
 @torch.no_grad()
 def score(
     model: Model,
-    prompt: str,
+    prompts: str | Sequence[str],
     seeds: Sequence[int],
     *,
     steps: int = 50,
@@ -363,7 +377,7 @@ def score(
     """First-step verdicts without sampling the rest: Wen's ``d`` or, with ``method="asthana"``, norm + angle."""
     gens = sample(
         model,
-        prompt,
+        prompts,
         seeds,
         steps=steps,
         guidance=guidance,
@@ -371,17 +385,16 @@ def score(
         score_steps=score_steps,
         stop_after=score_steps,
     )
-    detections = [g.detection for g in gens]
-    if method == "asthana":
-        n = len(seeds)
-        cond = model.encode(model.tokenize(prompt)).expand(n, -1, -1)
-        x = torch.cat([model.noise(s) for s in seeds])
-        t_low = model.scheduler(steps).timesteps[-3]
-        eps_c, eps_u = _cfg(model, x, t_low, cond, model.empty().expand(n, -1, -1))
-        norms = torch.tensor([g.trajectory[0] for g in gens])
-        combined = combined_score(norms, anisotropy(eps_u, eps_c), *gammas)
-        detections = judge(combined.tolist(), threshold, method="asthana")
-    return detections
+    if method == "wen":
+        return [g.detection for g in gens]
+    if method != "asthana":
+        raise ValueError(f"unknown score method {method!r}: use 'wen' or 'asthana'")
+    _, cond = _rows(model, prompts, len(seeds))
+    x = torch.cat([model.noise(s) for s in seeds])
+    t_low = model.scheduler(steps).timesteps[-3]
+    eps_c, eps_u = _cfg(model, x, t_low, cond, model.empty().expand(len(seeds), -1, -1))
+    norms = torch.tensor([g.trajectory[0] for g in gens])
+    return judge(combined_score(norms, anisotropy(eps_u, eps_c), *gammas).tolist(), threshold, method="asthana")
 
 
 def explain_prompt(

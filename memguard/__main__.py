@@ -1,0 +1,5 @@
+"""``python -m memguard``: see ``memguard.cli``."""
+
+from .cli import main
+
+raise SystemExit(main())
