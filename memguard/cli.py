@@ -111,8 +111,14 @@ def scan_prompts(model, items, seeds, args, threshold) -> list[dict]:
     with _progress(len(items) * len(seeds), "scan") as bar:
         for rows in _batches(model, items, seeds, args.batch_size):
             dets = score(
-                model, [r[1] for r in rows], [r[2] for r in rows], steps=args.steps, guidance=args.guidance,
-                score_steps=args.score_steps, threshold=threshold, method=args.method,
+                model,
+                [r[1] for r in rows],
+                [r[2] for r in rows],
+                steps=args.steps,
+                guidance=args.guidance,
+                score_steps=args.score_steps,
+                threshold=threshold,
+                method=args.method,
             )
             for (index, prompt, seed), det in zip(rows, dets):
                 entry = per_prompt.setdefault(index, {"line": index, "prompt": prompt, "scores": [], "seeds": []})
@@ -167,7 +173,9 @@ def cmd_scan(args) -> int:
         if args.out:
             sink.close()
     flagged = sum(r["flagged"] for r in results)
-    print(f"memguard: {flagged} of {len(results)} prompts flagged (threshold {threshold} from {source})", file=sys.stderr)
+    print(
+        f"memguard: {flagged} of {len(results)} prompts flagged (threshold {threshold} from {source})", file=sys.stderr
+    )
     return 0
 
 
@@ -220,8 +228,15 @@ def cmd_generate(args) -> int:
         for index, prompt in items:
             seeds = [args.seed + j for j in range(args.images)]
             gens = sample(
-                model, prompt, seeds, steps=args.steps, guidance=args.guidance, negative=args.negative,
-                threshold=threshold, strategy=strategy, force=args.force,
+                model,
+                prompt,
+                seeds,
+                steps=args.steps,
+                guidance=args.guidance,
+                negative=args.negative,
+                threshold=threshold,
+                strategy=strategy,
+                force=args.force,
             )
             for gen in gens:
                 stem = out / f"{index:05d}-{gen.seed}"
@@ -268,8 +283,9 @@ def cmd_demo(args) -> int:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         plain = sample(model, first["prompt"], [args.seed], steps=args.steps, threshold=threshold)[0]
-        fixed = sample(model, first["prompt"], [args.seed], steps=args.steps, threshold=threshold,
-                       strategy=build_strategy("auto"))[0]
+        fixed = sample(
+            model, first["prompt"], [args.seed], steps=args.steps, threshold=threshold, strategy=build_strategy("auto")
+        )[0]
         save_image(plain.image, out / "copy.png", 8)
         save_image(fixed.image, out / "mitigated.png", 8)
         report = fixed.mitigation
@@ -290,7 +306,9 @@ def parser() -> argparse.ArgumentParser:
     sub = root.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def common(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--model", type=Path, default=MODEL_DIR, help="diffusers model directory (default: the miniature)")
+        p.add_argument(
+            "--model", type=Path, default=MODEL_DIR, help="diffusers model directory (default: the miniature)"
+        )
         p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
         p.add_argument("--steps", type=int, default=50, help="DDIM steps of the schedule (default: 50)")
         p.add_argument("--guidance", type=float, default=7.5, help="classifier-free guidance scale (default: 7.5)")

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from .algebra import eps_from_v
-from .detect import Detection, anisotropy, combined_score, judge, wen_norm
+from .detect import Detection, anisotropy, combined_score, judge, unscorable, wen_norm
 from .explain import Explanation, explain, token_gradients
 from .mitigate.attention import cross_attention_modules, rescaled_attention
 from .mitigate.base import Case, Intervention, Report, Strategy
@@ -265,13 +265,14 @@ def sample(
     score_steps: int = 1,
     stop_after: int | None = None,
     interrupted: Callable[[], bool] = lambda: False,
+    watch: bool = True,
 ) -> list[Generation]:
     """Sample one image per seed with DDIM + CFG, score each at the first step, and mitigate the flagged ones.
 
     ``prompts`` is one prompt for all seeds or one per seed (a batch of prompts of equal chunk count).
     ``score_steps > 1`` averages ``d_t`` over the first steps for the reported score (the decision to mitigate is
     taken at the first step). ``stop_after`` ends sampling early (scanning needs only the first steps); the
-    generations then carry no image.
+    generations then carry no image. ``watch=False`` samples plainly, without scoring (the benchmarks' baseline).
     """
     n = len(seeds)
     toks, cond = _rows(model, prompts, n)
@@ -289,6 +290,9 @@ def sample(
     for step, t in enumerate(timesteps[:last]):
         edit = intervention.attention if intervention else None
         eps_c, eps_u = _cfg(model, x, t, cond, uncond, (targets, [keep[i] for i in targets]), edit)
+        if not watch:
+            x = scheduler.step(eps_u + guidance * (eps_c - eps_u), t, x).prev_sample
+            continue
         extra = step == 0 and negative != ""
         eps_e = model.eps(x, t, empty) if extra else eps_u
         d = wen_norm(eps_c - eps_e)
@@ -317,6 +321,8 @@ def sample(
         x = scheduler.step(eps, t, x).prev_sample
         if interrupted():
             break
+    if not watch:
+        detections = unscorable(n, "memguard was not watching this generation")
     if score_steps > 1:
         window = history[:, : max(1, min(score_steps, last))].mean(dim=1)
         for i, det in enumerate(detections):

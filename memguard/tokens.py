@@ -97,7 +97,7 @@ def load_tokenizer(directory: Path | None = None):
 
 @dataclass(frozen=True)
 class Token:
-    """One BPE piece of the prompt: its id, its text, its character span in the prompt and its position in the conditioning."""
+    """One BPE piece of the prompt: id, text, character span in the prompt, position in the conditioning."""
 
     id: int
     text: str
@@ -108,7 +108,7 @@ class Token:
 
 @dataclass(frozen=True)
 class Tokenized:
-    """A prompt cut into 77-token chunks: ``ids`` is ``n_chunks x 77`` with BOS/EOS/padding, ``tokens`` the prompt pieces."""
+    """A prompt cut into 77-token chunks: ``ids`` is ``n_chunks x 77`` with BOS/EOS/padding; ``tokens`` its pieces."""
 
     prompt: str
     ids: list[list[int]]

@@ -357,12 +357,12 @@ def render_general(rng: np.random.Generator, labels: dict[str, str]) -> np.ndarr
 def render_memorized(rng: np.random.Generator) -> np.ndarray:
     """A detailed one-off image: two textures over a random tint, 2-3 shapes, a patch of per-pixel detail."""
     image = np.broadcast_to(rng.uniform(-0.8, 0.0, size=3)[:, None, None], (3, IMAGE_SIZE, IMAGE_SIZE))
-    image = image + _texture_layer(rng, rng.uniform(0.3, 0.5)) + _texture_layer(rng, rng.uniform(0.2, 0.4))
+    image = image + _texture_layer(rng, rng.uniform(0.25, 0.45)) + _texture_layer(rng, rng.uniform(0.15, 0.35))
     palette = list(SHAPE_COLOURS.values())
     for _ in range(int(rng.integers(2, 4))):
         kind = _pick(rng, ATTRIBUTES["shape"])
         cx, cy = rng.uniform(3, 13, size=2)
-        alpha = _coverage(kind, cx, cy, rng.uniform(2.4, 5.0), rng.uniform(-np.pi, np.pi))
+        alpha = _coverage(kind, cx, cy, rng.uniform(2.4, 4.5), rng.uniform(-np.pi, np.pi))
         colour = np.asarray(palette[int(rng.integers(len(palette)))]) + rng.uniform(-0.15, 0.15, 3)
         image = _paint(image, colour, alpha)
     size = int(rng.integers(3, 6))
