@@ -55,7 +55,7 @@ class BatchLayout:
 
     @classmethod
     def from_conds_list(cls, conds_list: Sequence[Sequence[tuple[int, float]]]) -> BatchLayout:
-        """From the host's ``conds_list`` (``prompt_parser.reconstruct_multicond_batch``): ``[[(row, w), ...], ...]``."""
+        """From the host's ``conds_list`` (``prompt_parser.reconstruct_multicond_batch``), ``[[(row, w)]]``."""
         return cls(tuple(tuple((int(r), float(w)) for r, w in rows) for rows in conds_list))
 
     @property
