@@ -10,7 +10,7 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 from .calibrate import Calibration, CalibrationStore, CalibrationStoreError
@@ -47,16 +47,6 @@ def read_prompts(path: Path) -> list[tuple[int, str]]:
         else:
             out.append((index, line))
     return out
-
-
-def _batches(model, items: Sequence[tuple[int, str]], seeds: Sequence[int], size: int) -> Iterator[list]:
-    """``(line, prompt, seed)`` rows grouped by chunk count, ``size`` rows at a time."""
-    groups: dict[int, list] = {}
-    for index, prompt in items:
-        groups.setdefault(model.tokenize(prompt).n_chunks, []).extend((index, prompt, s) for s in seeds)
-    for rows in groups.values():
-        for i in range(0, len(rows), size):
-            yield rows[i : i + size]
 
 
 def resolve_threshold(args, model) -> tuple[float | None, str]:
@@ -105,41 +95,41 @@ def _progress(total: int, desc: str):
 
 def scan_prompts(model, items, seeds, args, threshold) -> list[dict]:
     """Score every prompt over ``seeds`` (batched) and return one result dict per prompt, in input order."""
-    from .pipeline import explain_prompt, score
+    from .pipeline import explain_prompt, score_prompts
 
-    per_prompt: dict[int, dict] = {}
     with _progress(len(items) * len(seeds), "scan") as bar:
-        for rows in _batches(model, items, seeds, args.batch_size):
-            dets = score(
-                model,
-                [r[1] for r in rows],
-                [r[2] for r in rows],
-                steps=args.steps,
-                guidance=args.guidance,
-                score_steps=args.score_steps,
-                threshold=threshold,
-                method=args.method,
-            )
-            for (index, prompt, seed), det in zip(rows, dets):
-                entry = per_prompt.setdefault(index, {"line": index, "prompt": prompt, "scores": [], "seeds": []})
-                entry["scores"].append(det.score)
-                entry["seeds"].append(seed)
-                entry.setdefault("reasons", []).append(det.reason)
-            bar.update(len(rows))
+        per_prompt = score_prompts(
+            model,
+            [p for _, p in items],
+            seeds,
+            batch_size=args.batch_size,
+            progress=bar.update,
+            steps=args.steps,
+            guidance=args.guidance,
+            score_steps=args.score_steps,
+            threshold=threshold,
+            method=args.method,
+        )
     results = []
-    for index, _ in items:
-        entry = per_prompt[index]
-        finite = [s for s in entry["scores"] if s is not None]
-        entry["score"] = sum(finite) / len(finite) if finite else None
-        entry["threshold"] = threshold
-        entry["flagged"] = bool(entry["score"] is not None and threshold is not None and entry["score"] > threshold)
-        entry["method"] = args.method
-        reasons = sorted({r for r in entry.pop("reasons") if r})
+    for (index, prompt), dets in zip(items, per_prompt):
+        scores = [d.score for d in dets]
+        finite = [s for s in scores if s is not None]
+        mean = sum(finite) / len(finite) if finite else None
+        entry = {
+            "line": index,
+            "prompt": prompt,
+            "score": mean,
+            "scores": scores,
+            "seeds": list(seeds),
+            "flagged": bool(mean is not None and threshold is not None and mean > threshold),
+            "threshold": threshold,
+            "method": args.method,
+        }
+        reasons = sorted({d.reason for d in dets if d.reason})
         if reasons:
             entry["error"] = "; ".join(reasons)
         if args.explain:
-            expl = explain_prompt(model, entry["prompt"], seeds, steps=args.steps, guidance=args.guidance)
-            entry.update(expl.to_dict())
+            entry.update(explain_prompt(model, prompt, seeds, steps=args.steps, guidance=args.guidance).to_dict())
         results.append(entry)
     return results
 
@@ -180,16 +170,21 @@ def cmd_scan(args) -> int:
 
 
 def cmd_calibrate(args) -> int:
-    from .pipeline import score
+    from .pipeline import score_prompts
 
     model = load_model(args)
     items = read_prompts(args.prompts)
-    scores = []
     with _progress(len(items), "calibrate") as bar:
-        for rows in _batches(model, items, [args.seed], args.batch_size):
-            dets = score(model, [r[1] for r in rows], [r[2] for r in rows], steps=args.steps, guidance=args.guidance)
-            scores.extend(d.score for d in dets if d.score is not None)
-            bar.update(len(rows))
+        per_prompt = score_prompts(
+            model,
+            [p for _, p in items],
+            [args.seed],
+            batch_size=args.batch_size,
+            progress=bar.update,
+            steps=args.steps,
+            guidance=args.guidance,
+        )
+    scores = [d.score for dets in per_prompt for d in dets if d.score is not None]
     calibration = Calibration.from_scores(scores, args.fpr, prompts=str(args.prompts), steps=1)
     try:
         CalibrationStore(args.store).put(model.model_hash, calibration)

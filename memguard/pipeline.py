@@ -403,6 +403,31 @@ def score(
     return judge(combined_score(norms, anisotropy(eps_u, eps_c), *gammas).tolist(), threshold, method="asthana")
 
 
+def score_prompts(
+    model: Model,
+    prompts: Sequence[str],
+    seeds: Sequence[int],
+    *,
+    batch_size: int = 16,
+    progress: Callable[[int], None] = lambda n: None,
+    **kwargs,
+) -> list[list[Detection]]:
+    """:func:`score` for many prompts: every (prompt, seed) row batched ``batch_size`` at a time, grouped by chunk
+    count; returns one list of detections (one per seed) per prompt, in input order."""
+    groups: dict[int, list[tuple[int, int]]] = {}
+    for i, prompt in enumerate(prompts):
+        groups.setdefault(model.tokenize(prompt).n_chunks, []).extend((i, s) for s in seeds)
+    out: list[list[Detection]] = [[] for _ in prompts]
+    for rows in groups.values():
+        for start in range(0, len(rows), batch_size):
+            batch = rows[start : start + batch_size]
+            dets = score(model, [prompts[i] for i, _ in batch], [s for _, s in batch], **kwargs)
+            for (i, _), det in zip(batch, dets):
+                out[i].append(det)
+            progress(len(batch))
+    return out
+
+
 def explain_prompt(
     model: Model, prompt: str, seeds: Sequence[int], *, steps: int = 50, guidance: float = 7.5, explain_steps: int = 1
 ) -> Explanation:

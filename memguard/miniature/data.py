@@ -114,7 +114,7 @@ POSITION_CENTRES: dict[str, tuple[float, float]] = {
     "bottom": (8.0, 11.5),
     "center": (8.0, 8.0),
 }
-SIZE_RADII: dict[str, tuple[float, float]] = {"small": (2.4, 3.2), "large": (4.4, 5.8)}
+SIZE_RADII: dict[str, tuple[float, float]] = {"small": (2.8, 3.5), "large": (4.6, 5.8)}
 
 GENRES = ("portrait", "engraving", "tapestry", "fresco", "etching", "mosaic", "woodcut", "lithograph", "triptych")
 TITLES = ("duchess", "baron", "abbess", "admiral", "margrave", "countess", "archduke", "prioress", "viscount", "regent")

@@ -1,0 +1,53 @@
+"""What the benchmarks share: the miniature model, its labelled prompts, and table printing."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from memguard.miniature import MODEL_DIR  # noqa: E402
+from memguard.pipeline import Model  # noqa: E402
+
+
+def setup() -> Model:
+    torch.set_num_threads(2)
+    return Model.load(MODEL_DIR)
+
+
+def labelled(label: str) -> list[dict]:
+    """Rows of the miniature's ``prompts/labels.jsonl`` with this label (memorized, template, general)."""
+    lines = (MODEL_DIR / "prompts" / "labels.jsonl").read_text(encoding="utf-8").splitlines()
+    return [row for row in map(json.loads, lines) if row["label"] == label]
+
+
+def reference(row: dict) -> torch.Tensor:
+    import numpy as np
+
+    return torch.from_numpy(np.load(MODEL_DIR / row["reference"])).float()
+
+
+def table(header: list[str], rows: list[list], title: str) -> None:
+    """Print a fixed-width table (also valid Markdown) under a title line."""
+    cells = [[str(c) if not isinstance(c, float) else f"{c:.3f}" for c in row] for row in rows]
+    widths = [max(len(h), *(len(r[i]) for r in cells)) for i, h in enumerate(header)]
+    print(f"\n{title}\n")
+    print("| " + " | ".join(h.ljust(w) for h, w in zip(header, widths)) + " |")
+    print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    for r in cells:
+        print("| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |")
+
+
+class Timer:
+    def __enter__(self):
+        self.start = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc):
+        self.seconds = time.perf_counter() - self.start

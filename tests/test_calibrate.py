@@ -1,0 +1,252 @@
+"""Thresholds at a false-positive rate, ROC figures, and the calibration store."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+
+import numpy as np
+import pytest
+
+import memguard.calibrate as calibrate
+from memguard.calibrate import (
+    Calibration,
+    CalibrationStore,
+    CalibrationStoreError,
+    roc_auc,
+    roc_curve,
+    threshold_at_fpr,
+    tpr_at_fpr,
+)
+
+FPRS = [0.0, 0.01, 0.05, 0.1, 0.2, 0.25, 0.5, 0.9]
+
+
+def _arrays():
+    rng = np.random.default_rng(1234)
+    for trial in range(60):
+        n = int(rng.integers(1, 300))
+        if trial % 3 == 0:
+            yield rng.integers(0, 6, size=n).astype(float)  # many ties
+        else:
+            yield rng.normal(size=n) * rng.uniform(0.1, 10)
+
+
+def test_threshold_at_fpr_property():
+    for values in _arrays():
+        n = values.size
+        for fpr in FPRS:
+            tau = threshold_at_fpr(values.tolist(), fpr)
+            flagged = int((values > tau).sum())
+            assert flagged <= fpr * n + 1e-9, (n, fpr, tau)
+            # smallest such threshold: anything below flags too many
+            below = np.nextafter(tau, -np.inf)
+            assert (values > below).sum() > fpr * n, (n, fpr, tau)
+            assert tau in values
+
+
+def test_threshold_at_fpr_examples():
+    scores = [float(i) for i in range(1, 101)]  # 1..100
+    assert threshold_at_fpr(scores, 0.0) == 100.0
+    assert threshold_at_fpr(scores, 0.01) == 99.0
+    assert threshold_at_fpr(scores, 0.05) == 95.0
+    assert threshold_at_fpr([1.0, 1.0, 1.0, 2.0], 0.25) == 1.0
+    assert threshold_at_fpr([1.0, 1.0, 1.0, 2.0], 0.2) == 2.0
+
+
+def test_threshold_at_fpr_ignores_non_finite_and_rejects_bad_input():
+    assert threshold_at_fpr([1.0, float("nan"), 2.0, float("inf")], 0.0) == 2.0
+    with pytest.raises(ValueError):
+        threshold_at_fpr([float("nan")], 0.01)
+    with pytest.raises(ValueError):
+        threshold_at_fpr([1.0, 2.0], 1.0)
+    with pytest.raises(ValueError):
+        threshold_at_fpr([1.0, 2.0], -0.1)
+
+
+def _auc_brute(pos, neg):
+    total = 0.0
+    for p in pos:
+        for q in neg:
+            total += 1.0 if p > q else 0.5 if p == q else 0.0
+    return total / (len(pos) * len(neg))
+
+
+def test_roc_auc_matches_pairwise_formula_with_ties():
+    rng = np.random.default_rng(7)
+    for _ in range(30):
+        pos = rng.integers(0, 8, size=int(rng.integers(1, 40))).astype(float).tolist()
+        neg = rng.integers(0, 8, size=int(rng.integers(1, 40))).astype(float).tolist()
+        assert roc_auc(pos, neg) == pytest.approx(_auc_brute(pos, neg), abs=1e-12)
+        # the ROC curve's trapezoidal area is the same number
+        f, t, _ = roc_curve(pos, neg)
+        assert np.trapezoid(t, f) == pytest.approx(_auc_brute(pos, neg), abs=1e-12)
+
+
+def test_roc_auc_edges():
+    assert roc_auc([5.0, 6.0, 7.0], [1.0, 2.0, 4.9]) == 1.0
+    assert roc_auc([1.0, 2.0], [3.0, 4.0]) == 0.0
+    assert roc_auc([1.0, 1.0], [1.0]) == 0.5
+    with pytest.raises(ValueError):
+        roc_auc([], [1.0])
+
+
+def test_roc_curve_shape():
+    f, t, thr = roc_curve([3.0, 2.0], [1.0, 2.0])
+    assert f[0] == 0.0 and t[0] == 0.0 and thr[0] == np.inf
+    assert f[-1] == 1.0 and t[-1] == 1.0
+    assert np.all(np.diff(f) >= 0) and np.all(np.diff(t) >= 0)
+
+
+def test_tpr_at_fpr_strict_vs_closest():
+    negatives = [float(i) for i in range(100)]  # 0..99: one negative at >= 99 gives FPR exactly 1%
+    positives = [99.5, 99.0, 50.0, 40.0]
+    # strict: FPR < 1% requires threshold > 99 -> only 99.5 is caught
+    assert tpr_at_fpr(positives, negatives, 0.01, strict=True) == 0.25
+    # closest: FPR = 1% exactly at threshold 99, which also catches the positive at 99
+    assert tpr_at_fpr(positives, negatives, 0.01, strict=False) == 0.5
+
+
+def test_tpr_at_fpr_separable():
+    assert tpr_at_fpr([10.0, 11.0], [float(i) for i in range(9)]) == 1.0
+
+
+# --- store ------------------------------------------------------------------------------------------------------
+
+
+def _cal():
+    return Calibration.from_scores([0.1 * i for i in range(100)], 0.01, method="wen", steps=1, prompts="benign")
+
+
+def _listing(folder):
+    return sorted(p.name for p in folder.iterdir())
+
+
+def test_calibration_from_scores():
+    cal = Calibration.from_scores([1.0, 2.0, float("nan"), 3.0, 4.0], 0.25)
+    assert cal.threshold == 3.0
+    assert cal.n_prompts == 4
+    assert cal.median == 2.5
+    assert cal.created > 0
+
+
+def test_store_round_trip_and_atomic(tmp_path):
+    path = tmp_path / "sub" / "calibration.json"
+    store = CalibrationStore(path)
+    assert store.get("abc") is None
+    assert store.models() == {}
+    first, second = _cal(), Calibration(threshold=2.0, fpr=0.05, n_prompts=10, sampler="euler")
+    store.put("abc", first)
+    store.put("def", second)
+    assert _listing(path.parent) == ["calibration.json"]  # no temp file left behind
+    again = CalibrationStore(path)
+    assert again.get("abc") == first
+    assert again.get("def") == second
+    assert set(again.models()) == {"abc", "def"}
+    data = json.loads(path.read_text())
+    assert data["format"] == "memguard-calibration"
+    # overwrite one key, keep the other
+    third = Calibration(threshold=9.0, fpr=0.01, n_prompts=3)
+    again.put("abc", third)
+    assert CalibrationStore(path).get("abc") == third
+    assert CalibrationStore(path).get("def") == second
+
+
+def test_store_ignores_unknown_fields(tmp_path):
+    path = tmp_path / "c.json"
+    CalibrationStore(path).put("k", _cal())
+    data = json.loads(path.read_text())
+    data["models"]["k"]["future_field"] = 1
+    path.write_text(json.dumps(data))
+    assert CalibrationStore(path).get("k") == _cal_like(data["models"]["k"])
+
+
+def _cal_like(entry):
+    return Calibration(**{k: v for k, v in entry.items() if k != "future_field"})
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        b"\xff\xfe\x00\x81garbage\x00\x01",
+        b"{not json",
+        b'{"foo": 1}',
+        b"[1, 2, 3]",
+        b'{"format": "something-else", "models": {}}',
+        b'{"format": "memguard-calibration", "models": []}',
+    ],
+)
+def test_store_refuses_foreign_or_corrupt_file(tmp_path, content):
+    path = tmp_path / "calibration.json"
+    path.write_bytes(content)
+    store = CalibrationStore(path)
+    with pytest.raises(CalibrationStoreError):
+        store.get("abc")
+    with pytest.raises(CalibrationStoreError):
+        store.put("abc", _cal())
+    assert path.read_bytes() == content
+    assert _listing(tmp_path) == ["calibration.json"]
+
+
+@pytest.mark.xfail(
+    reason="BUG: CalibrationStore.models() skips malformed entries only on TypeError; an entry that is not an object "
+    "(e.g. a number) raises AttributeError instead of being skipped or raising CalibrationStoreError",
+    strict=True,
+)
+def test_store_malformed_entry_is_skipped_or_reported(tmp_path):
+    path = tmp_path / "calibration.json"
+    good = {"threshold": 1.0, "fpr": 0.01, "n_prompts": 5}
+    path.write_text(json.dumps({"format": "memguard-calibration", "version": 1, "models": {"bad": 5, "good": good}}))
+    try:
+        models = CalibrationStore(path).models()
+    except CalibrationStoreError:
+        return
+    assert "good" in models and "bad" not in models
+
+
+def test_store_read_only_directory(tmp_path):
+    if os.geteuid() == 0:
+        pytest.skip("root ignores directory permissions (see the simulated variants below)")
+    path = tmp_path / "calibration.json"
+    CalibrationStore(path).put("abc", _cal())
+    before = path.read_bytes()
+    tmp_path.chmod(stat.S_IRUSR | stat.S_IXUSR)
+    try:
+        with pytest.raises(OSError):
+            CalibrationStore(path).put("def", _cal())
+    finally:
+        tmp_path.chmod(stat.S_IRWXU)
+    assert path.read_bytes() == before
+    assert _listing(tmp_path) == ["calibration.json"]
+
+
+def test_store_temp_file_refused_simulated(tmp_path, monkeypatch):
+    """What a read-only directory does to ``put``, simulated so that it also runs as root."""
+    path = tmp_path / "calibration.json"
+    CalibrationStore(path).put("abc", _cal())
+    before = path.read_bytes()
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(13, "Permission denied", kwargs.get("dir"))
+
+    monkeypatch.setattr(calibrate.tempfile, "mkstemp", refuse)
+    with pytest.raises(OSError):
+        CalibrationStore(path).put("def", _cal())
+    assert path.read_bytes() == before
+    assert _listing(tmp_path) == ["calibration.json"]
+
+
+def test_store_failed_replace_leaves_old_file_and_no_temp(tmp_path, monkeypatch):
+    path = tmp_path / "calibration.json"
+    CalibrationStore(path).put("abc", _cal())
+    before = path.read_bytes()
+
+    def fail(*args, **kwargs):
+        raise OSError(30, "Read-only file system")
+
+    monkeypatch.setattr(calibrate.os, "replace", fail)
+    with pytest.raises(OSError):
+        CalibrationStore(path).put("def", _cal())
+    assert path.read_bytes() == before
+    assert _listing(tmp_path) == ["calibration.json"]

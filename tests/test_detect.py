@@ -1,0 +1,97 @@
+"""Wen's magnitude, per-image scores over AND sub-prompts, and verdicts."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from memguard.algebra import BatchLayout
+from memguard.detect import Detection, image_scores, judge, row_scores, unscorable, wen_norm
+
+
+def test_wen_norm_is_plain_l2_per_row():
+    gen = torch.Generator().manual_seed(1)
+    delta = torch.randn(3, 4, 8, 8, generator=gen)
+    expected = [math.sqrt(sum(v * v for v in row.flatten().tolist())) for row in delta]
+    got = wen_norm(delta)
+    assert got.shape == (3,)
+    assert got.tolist() == pytest.approx(expected, rel=1e-6)
+
+
+def test_wen_norm_scale_and_size():
+    # ||2 * 1||_2 over 4 elements is 4: not squared (16), not averaged (2 or 1)
+    assert wen_norm(torch.full((1, 1, 2, 2), 2.0)).item() == pytest.approx(4.0)
+    assert wen_norm(torch.full((1, 3, 4, 4), 1.0)).item() == pytest.approx(math.sqrt(48))
+
+
+def test_wen_norm_half_precision_input_returns_float32():
+    delta = torch.full((2, 4, 64, 64), 3.0, dtype=torch.float16)
+    got = wen_norm(delta)
+    assert got.dtype == torch.float32
+    assert got.tolist() == pytest.approx([3.0 * 128, 3.0 * 128])
+
+
+def test_row_scores_and_image_scores_take_max_over_and():
+    layout = BatchLayout.from_conds_list([[(0, 1.0), (1, 0.5)], [(2, 1.0)]])
+    eps = torch.zeros(5, 1, 1, 4)
+    eps[0] = 3.0  # image 0, sub-prompt 0: delta 3 -> norm 6
+    eps[1] = 5.0  # image 0, sub-prompt 1: norm 10
+    eps[2] = 1.0  # image 1: delta 1 - 0.5 -> norm 1
+    eps[4] = 0.5
+    rows = row_scores(eps, layout)
+    assert rows.tolist() == pytest.approx([6.0, 10.0, 1.0])
+    assert image_scores(rows, layout) == pytest.approx([10.0, 1.0])
+    # sub-prompt order does not matter
+    swapped = BatchLayout.from_conds_list([[(1, 0.5), (0, 1.0)], [(2, 1.0)]])
+    assert image_scores(rows, swapped) == pytest.approx([10.0, 1.0])
+
+
+@pytest.mark.xfail(
+    reason="BUG: image_scores uses Python max(), so a NaN sub-prompt score is kept or dropped depending on the order "
+    "of the AND sub-prompts (max([nan, 1]) is nan, max([1, nan]) is 1)",
+    strict=True,
+)
+def test_image_scores_nan_sub_prompt_is_order_independent():
+    rows = torch.tensor([float("nan"), 1.0])
+    a = image_scores(rows, BatchLayout.from_conds_list([[(0, 1.0), (1, 1.0)]]))[0]
+    b = image_scores(rows, BatchLayout.from_conds_list([[(1, 1.0), (0, 1.0)]]))[0]
+    assert math.isnan(a) == math.isnan(b)
+
+
+def test_judge_flags_strictly_above_threshold():
+    dets = judge([0.5, 1.0, 1.5], 1.0)
+    assert [d.flagged for d in dets] == [False, False, True]
+    assert [d.score for d in dets] == [0.5, 1.0, 1.5]
+    assert all(d.threshold == 1.0 and d.scorable and d.reason == "" for d in dets)
+
+
+def test_judge_threshold_none_never_flags():
+    dets = judge([0.0, 1e9], None)
+    assert [d.flagged for d in dets] == [False, False]
+    assert [d.score for d in dets] == [0.0, 1e9]
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf"), None])
+def test_judge_non_finite_is_unscorable(bad):
+    dets = judge([bad, 2.0], 1.0, sub_scores=[[1.0], [2.0]])
+    assert dets[0].score is None and not dets[0].scorable
+    assert dets[0].flagged is False
+    assert dets[0].reason
+    assert dets[1].score == 2.0 and dets[1].flagged is True and dets[1].reason == ""
+    assert dets[1].sub_scores == [2.0]
+
+
+def test_judge_carries_metadata_and_to_dict():
+    (det,) = judge([3.0], 2.0, step=0, steps=4, extra_pass=True, method="asthana")
+    d = det.to_dict()
+    assert d["score"] == 3.0 and d["flagged"] is True and d["steps"] == 4
+    assert d["extra_pass"] is True and d["method"] == "asthana"
+
+
+def test_unscorable():
+    dets = unscorable(2, "no CFG pair", threshold=1.0)
+    assert len(dets) == 2
+    assert all(isinstance(d, Detection) and d.score is None and not d.flagged for d in dets)
+    assert dets[0].reason == "no CFG pair" and dets[0].threshold == 1.0
