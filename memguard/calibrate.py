@@ -122,8 +122,8 @@ class CalibrationStore:
         out = {}
         for key, entry in self._load()["models"].items():
             try:
-                out[key] = Calibration(**{k: v for k, v in entry.items() if k in fields})
-            except TypeError:
+                out[key] = Calibration(**{k: v for k, v in dict(entry).items() if k in fields})
+            except (TypeError, AttributeError):
                 continue
         return out
 

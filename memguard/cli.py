@@ -11,6 +11,7 @@ import json
 import os
 import sys
 from collections.abc import Sequence
+from dataclasses import asdict
 from pathlib import Path
 
 from .calibrate import Calibration, CalibrationStore, CalibrationStoreError
@@ -185,7 +186,13 @@ def cmd_calibrate(args) -> int:
             guidance=args.guidance,
         )
     scores = [d.score for dets in per_prompt for d in dets if d.score is not None]
-    calibration = Calibration.from_scores(scores, args.fpr, prompts=str(args.prompts), steps=1)
+    calibration = Calibration.from_scores(scores, args.fpr, prompts=Path(args.prompts).name, steps=1)
+    if args.ship:
+        from .pipeline import CALIBRATION_FILE
+
+        target = Path(args.model) / CALIBRATION_FILE
+        target.write_text(json.dumps(asdict(calibration), indent=2) + "\n", encoding="utf-8")
+        print(f"memguard: wrote {target}")
     try:
         CalibrationStore(args.store).put(model.model_hash, calibration)
     except (CalibrationStoreError, OSError) as err:
@@ -340,6 +347,7 @@ def parser() -> argparse.ArgumentParser:
     common(p)
     p.add_argument("--prompts", type=Path, required=True, help="benign prompts (text or JSON lines)")
     p.add_argument("--fpr", type=float, default=0.01, help="false-positive rate (default: 0.01)")
+    p.add_argument("--ship", action="store_true", help="also write it beside the model's weights, for its users")
     p.set_defaults(func=cmd_calibrate)
 
     p = sub.add_parser("demo", help="scan the miniature's memorized and general prompts, explain and mitigate")

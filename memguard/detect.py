@@ -34,9 +34,14 @@ def row_scores(eps: torch.Tensor, layout: BatchLayout, reference: torch.Tensor |
 
 
 def image_scores(rows: torch.Tensor, layout: BatchLayout) -> list[float]:
-    """One score per image: the largest over its ``AND`` sub-prompts (any memorized part puts the image at risk)."""
+    """One score per image: the largest over its ``AND`` sub-prompts (any memorized part puts the image at risk);
+    NaN when any sub-prompt is unscorable."""
     values = rows.detach().cpu().tolist()
-    return [max(values[r] for r, _ in image_rows) for image_rows in layout.cond_rows]
+    out = []
+    for image_rows in layout.cond_rows:
+        scores = [values[r] for r, _ in image_rows]
+        out.append(max(scores) if all(math.isfinite(s) for s in scores) else math.nan)
+    return out
 
 
 def anisotropy(eps_uncond: torch.Tensor, eps_cond: torch.Tensor) -> torch.Tensor:

@@ -225,7 +225,8 @@ def _cfg(model: Model, x: torch.Tensor, t, cond: torch.Tensor, uncond: torch.Ten
     same = cond.shape[1] == uncond.shape[1]
     if edit is not None and edit_rows:
         rows, keep = edit_rows
-        context = rescaled_attention(cross_attention_modules(model.unet), rows, keep, edit, 2 * n if same else n)
+        bos = list(range(0, cond.shape[1], CONTEXT))
+        context = rescaled_attention(cross_attention_modules(model.unet), rows, keep, edit, 2 * n if same else n, bos)
     with context:
         if same:
             eps = model.eps(torch.cat([x, x]), t, torch.cat([cond, uncond]))
@@ -293,7 +294,7 @@ def sample(
         if not watch:
             x = scheduler.step(eps_u + guidance * (eps_c - eps_u), t, x).prev_sample
             continue
-        extra = step == 0 and negative != ""
+        extra = step < max(score_steps, 1) and negative != ""
         eps_e = model.eps(x, t, empty) if extra else eps_u
         d = wen_norm(eps_c - eps_e)
         history[:, step] = d

@@ -74,3 +74,12 @@ def tiny(tiny_dir):
     from memguard.pipeline import Model
 
     return Model.load(tiny_dir)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _one_torch_thread():
+    """One intra-op thread: the tiny models run faster on it, and a busy 2-core machine does not stall the suite."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

@@ -48,11 +48,6 @@ def test_row_scores_and_image_scores_take_max_over_and():
     assert image_scores(rows, swapped) == pytest.approx([10.0, 1.0])
 
 
-@pytest.mark.xfail(
-    reason="BUG: image_scores uses Python max(), so a NaN sub-prompt score is kept or dropped depending on the order "
-    "of the AND sub-prompts (max([nan, 1]) is nan, max([1, nan]) is 1)",
-    strict=True,
-)
 def test_image_scores_nan_sub_prompt_is_order_independent():
     rows = torch.tensor([float("nan"), 1.0])
     a = image_scores(rows, BatchLayout.from_conds_list([[(0, 1.0), (1, 1.0)]]))[0]

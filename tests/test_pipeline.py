@@ -43,8 +43,9 @@ def plain_loop(model: Model, model_dir, prompt, seed, *, steps=10, guidance=7.5,
     x = torch.randn((1, 3, 8, 8), generator=gen) * scheduler.init_noise_sigma
     ds = []
     for step, t in enumerate(scheduler.timesteps):
-        out = model.unet(torch.cat([x, x, x]), t, encoder_hidden_states=torch.cat([cond, neg, empty])).sample
-        eps_c, eps_n, eps_e = out.chunk(3)
+        out = model.unet(torch.cat([x, x]), t, encoder_hidden_states=torch.cat([cond, neg])).sample
+        eps_c, eps_n = out.chunk(2)
+        eps_e = eps_n if negative == "" else model.unet(x, t, encoder_hidden_states=empty).sample
         if step < n_scores:
             ds.append(float((eps_c - eps_e).flatten().norm()))
         x = scheduler.step(eps_n + guidance * (eps_c - eps_n), t, x).prev_sample
@@ -61,7 +62,7 @@ def test_sample_matches_plain_ddim_loop(tiny, tiny_dir, seed):
     assert gen.trajectory[0] == pytest.approx(ds[0], rel=1e-5)
     assert gen.image.shape == (3, 8, 8)
     assert torch.allclose(gen.image, x[0].clamp(-1, 1), atol=1e-5, rtol=0)
-    assert torch.allclose(gen.latent, x[0], atol=1e-5, rtol=0)
+    assert torch.allclose(gen.latent, x[0], atol=1e-5, rtol=1e-6)
     assert gen.mitigation is None
 
 
@@ -69,7 +70,8 @@ def test_sample_batch_seeds_are_independent(tiny):
     both = sample(tiny, PROMPT, [3, 4], steps=4, threshold=None)
     alone = sample(tiny, PROMPT, [4], steps=4, threshold=None)
     assert both[1].detection.score == pytest.approx(alone[0].detection.score, rel=1e-5)
-    assert torch.allclose(both[1].image, alone[0].image, atol=1e-5)
+    # batch of 2 and batch of 1 are different kernels: equal up to float rounding, amplified by the random model
+    assert torch.allclose(both[1].latent, alone[0].latent, atol=1e-4, rtol=1e-5)
     assert both[0].detection.score != pytest.approx(both[1].detection.score, rel=1e-3)
 
 
@@ -109,11 +111,6 @@ def test_negative_prompt_scores_against_empty(tiny, tiny_dir):
     assert not torch.allclose(neg.image, plain.image, atol=1e-3)
 
 
-@pytest.mark.xfail(
-    reason="BUG: with a negative prompt and score_steps > 1, sample() averages d_t against the negative prompt's "
-    "prediction for steps >= 1 (the empty-prompt pass runs at step 0 only), not against the empty prompt",
-    strict=True,
-)
 def test_negative_prompt_score_steps_use_empty_reference(tiny, tiny_dir):
     (gen,) = sample(tiny, PROMPT, [2], steps=10, negative="blurry", threshold=None, score_steps=3)
     ds, _ = plain_loop(tiny, tiny_dir, PROMPT, 2, steps=10, negative="blurry", n_scores=3)
@@ -204,3 +201,39 @@ def test_model_abar_matches_schedule(tiny):
 def test_empty_embedding_is_encoded_empty_prompt(tiny):
     assert torch.allclose(tiny.empty(), _text(tiny, ""), atol=1e-6)
     assert torch.allclose(tiny.encode(tiny.tokenize(PROMPT)), _text(tiny, PROMPT), atol=1e-6)
+
+
+def test_watch_false_samples_the_same_image_unscored(tiny):
+    (watched,) = sample(tiny, PROMPT, [4], steps=5, threshold=None)
+    (plain,) = sample(tiny, PROMPT, [4], steps=5, threshold=0.0, watch=False, strategy=None)
+    assert torch.equal(watched.image, plain.image)
+    assert plain.detection.score is None and not plain.detection.flagged and plain.detection.reason
+
+
+def test_one_prompt_per_seed(tiny):
+    prompts = [PROMPT, "a red dog on the grass"]
+    both = sample(tiny, prompts, [0, 1], steps=4, threshold=None)
+    assert [g.prompt for g in both] == prompts
+    for g, prompt, seed in zip(both, prompts, [0, 1]):
+        (alone,) = sample(tiny, prompt, [seed], steps=4, threshold=None)
+        assert g.detection.score == pytest.approx(alone.detection.score, rel=1e-5)
+    with pytest.raises(ValueError):
+        sample(tiny, [PROMPT], [0, 1], steps=2)
+    with pytest.raises(ValueError):
+        sample(tiny, [PROMPT, " ".join(["cat"] * 80)], [0, 1], steps=2)
+
+
+def test_score_prompts_keeps_input_order(tiny):
+    from memguard.pipeline import score_prompts
+
+    prompts = ["a red dog", " ".join(["cat"] * 80), PROMPT]  # chunk counts 1, 2, 1
+    out = score_prompts(tiny, prompts, [0, 1], batch_size=3, steps=4)
+    assert [len(dets) for dets in out] == [2, 2, 2]
+    for prompt, dets in zip(prompts, out):
+        expected = score(tiny, prompt, [0, 1], steps=4)
+        assert [d.score for d in dets] == pytest.approx([d.score for d in expected], rel=1e-5)
+
+
+def test_score_rejects_unknown_method(tiny):
+    with pytest.raises(ValueError):
+        score(tiny, PROMPT, [0], steps=4, method="bogus")

@@ -347,7 +347,7 @@ def render_general(rng: np.random.Generator, labels: dict[str, str]) -> np.ndarr
     image = np.broadcast_to(tint[:, None, None], (3, IMAGE_SIZE, IMAGE_SIZE)).astype(np.float32)
     for _ in range(int(rng.integers(1, 3))):
         image = image + _texture_layer(rng, rng.uniform(0.2, 0.55))
-    cx, cy = np.asarray(POSITION_CENTRES[labels["position"]]) + rng.uniform(-2.0, 2.0, size=2)
+    cx, cy = np.asarray(POSITION_CENTRES[labels["position"]]) + rng.uniform(-1.5, 1.5, size=2)
     radius = rng.uniform(*SIZE_RADII[labels["size"]])
     alpha = _coverage(labels["shape"], cx, cy, radius, rng.uniform(-0.35, 0.35))
     colour = np.asarray(SHAPE_COLOURS[labels["colour"]]) * rng.uniform(0.85, 1.0) + rng.uniform(-0.08, 0.08, 3)

@@ -177,7 +177,7 @@ def _augment(images: Tensor, generator: torch.Generator) -> Tensor:
     return (images * contrast + shift + noise).clamp(-1.0, 1.0)
 
 
-def train_classifier(data: MiniatureData, seed: int, epochs: int = 4, held_out: int = 2000):
+def train_classifier(data: MiniatureData, seed: int, epochs: int = 5, held_out: int = 2000):
     """The attribute CNN used by ``fidelity.attribute_accuracy``, on the general images; returns it and val accuracy."""
     torch.manual_seed(seed + 2)
     classes = {attribute: list(names) for attribute, names in ATTRIBUTES.items()}
@@ -277,7 +277,7 @@ def contact_sheet(path: Path, images: list[np.ndarray], columns: int = 8, scale:
 
 
 def write_prompts(out: Path, data: MiniatureData, references: list[str], layout: str, mask: str) -> None:
-    """Prompt lists and ``labels.jsonl`` (memorized, template, held-out then training general prompts)."""
+    """Prompt lists and ``labels.jsonl``, whose eval prompts are the memorized, template and held-out general ones."""
     folder = out / "prompts"
     folder.mkdir(parents=True, exist_ok=True)
     _write_lines(folder / "memorized.txt", data.verbatim)
@@ -292,10 +292,7 @@ def write_prompts(out: Path, data: MiniatureData, references: list[str], layout:
         {"prompt": p, "label": "template", "distinctive": distinctive_words(p), "reference": layout, "mask": mask}
         for p in data.template
     ]
-    for split, prompts in (("heldout", data.general_heldout), ("train", data.general_train_sample)):
-        rows += [
-            {"prompt": p, "label": "general", "distinctive": [], "reference": None, "split": split} for p in prompts
-        ]
+    rows += [{"prompt": p, "label": "general", "distinctive": [], "reference": None} for p in data.general_heldout]
     (folder / "labels.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
 
 

@@ -82,6 +82,7 @@ class Embedding:
             if case.model is not None:
                 stack.enter_context(frozen([case.model]))
             e = case.cond.detach().clone().float().requires_grad_(True)
+            bos_vectors = e.detach()[:, case.bos].clone()
             result = case.cond.detach().clone()
             opt = torch.optim.AdamW([e], lr=self.lr, weight_decay=self.weight_decay)
             active = torch.ones(n, dtype=torch.bool)
@@ -104,6 +105,8 @@ class Embedding:
                 e.grad = grad
                 e.grad[~active] = 0
                 opt.step()
+                with torch.no_grad():
+                    e[:, bos] = bos_vectors  # AdamW's weight decay would move BOS too; it stays as encoded
                 for r in rows[~done].tolist():
                     reports[r].iterations += 1
                     reports[r].unet_backwards += 1

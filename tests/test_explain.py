@@ -1,0 +1,144 @@
+"""Token significance: gradients per position, mapping to prompt pieces, and grouping into words."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from memguard.explain import Explanation, TokenScore, explain, token_gradients
+from memguard.pipeline import explain_prompt
+from memguard.tokens import load_tokenizer, tokenize
+
+
+@pytest.fixture(scope="module")
+def tk():
+    return load_tokenizer()
+
+
+def test_token_gradients_only_where_the_model_looks():
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 2, 4, 4, generator=gen)
+    cond = torch.randn(3, 10, 6, generator=gen)
+    eps_empty = torch.zeros(3, 2, 4, 4)
+
+    def eps_model(xx, cc):
+        return xx * cc[:, 1, 0].view(-1, 1, 1, 1)  # only position 1, channel 0 matters
+
+    grads = token_gradients(eps_model, x, cond, eps_empty)
+    assert grads.shape == (10,)
+    assert grads[1] > 0
+    assert torch.count_nonzero(grads) == 1
+    # d_j = |c_j| ||x_j||, so |dd_j/dc_j| = ||x_j||; averaged over the rows
+    expected = x.flatten(1).norm(dim=1).mean()
+    assert grads[1].item() == pytest.approx(expected.item(), rel=1e-5)
+    assert cond.grad is None and not cond.requires_grad
+
+
+def test_token_gradients_norm_over_channels():
+    x = torch.ones(1, 1, 1, 1)
+    cond = torch.zeros(1, 3, 4)
+    cond[0, 2] = torch.tensor([3.0, 0.0, 0.0, 4.0])
+
+    def eps_model(xx, cc):
+        return xx * cc[:, 2].sum(dim=-1).view(-1, 1, 1, 1)  # d = |sum of channels| -> gradient 1 on each channel
+
+    grads = token_gradients(eps_model, x, cond, torch.zeros(1, 1, 1, 1))
+    assert grads.tolist() == pytest.approx([0.0, 0.0, 2.0])  # ||(1, 1, 1, 1)||_2
+
+
+def test_explain_maps_positions_and_normalizes(tk):
+    prompt = " ".join(["red cat"] * 45)  # 90 tokens: two chunks
+    tok = tokenize(tk, prompt)
+    grads = torch.arange(2 * 77, dtype=torch.float32)
+    exp = explain(tok, grads)
+    assert len(exp.tokens) == len(tok.tokens) == 90
+    for j, ts in enumerate(exp.tokens):
+        k, i = divmod(j, 75)
+        assert ts.position == k * 77 + 1 + i
+        assert ts.value == float(ts.position)
+        assert ts.text == prompt[ts.start : ts.end]
+    assert max(t.normalized for t in exp.tokens) == pytest.approx(1.0)
+    assert exp.tokens[-1].normalized == 1.0
+
+
+def test_explain_prompt_two_chunks(tiny):
+    prompt = " ".join(["a red cat on a mat"] * 15)  # 90 tokens
+    tok = tiny.tokenize(prompt)
+    assert tok.n_chunks == 2
+    exp = explain_prompt(tiny, prompt, [0, 1], steps=10)
+    assert len(exp.tokens) == len(tok.tokens)
+    positions = [t.position for t in exp.tokens]
+    assert positions == [k * 77 + 1 + i for k in range(2) for i in range(75)][: len(tok.tokens)]
+    # BOS (0, 77), the EOS of each chunk (76, 93) and the second chunk's padding (94..153)
+    special = {0, 76, 77, 93, *range(94, 154)}
+    assert not special & set(positions)
+    assert all(isinstance(t, TokenScore) for t in exp.tokens)
+    assert max(t.normalized for t in exp.tokens) == pytest.approx(1.0)
+    assert all(t.value >= 0 for t in exp.tokens)
+    assert any(t.value > 0 for t in exp.tokens)
+
+
+def test_explain_prompt_values_are_gradient_norms(tiny):
+    prompt = "a photo of a cat"
+    seeds = [3]
+    exp = explain_prompt(tiny, prompt, seeds, steps=10)
+    tok = tiny.tokenize(prompt)
+    t = tiny.scheduler(10).timesteps[0]
+    x = tiny.noise(3)
+    cond = tiny.encode(tok).clone().requires_grad_(True)
+    with torch.enable_grad():
+        eps_c = tiny.unet(x, t, encoder_hidden_states=cond).sample
+        with torch.no_grad():
+            eps_e = tiny.unet(x, t, encoder_hidden_states=tiny.empty()).sample
+        (eps_c - eps_e).flatten().norm().backward()
+    per_position = cond.grad[0].norm(dim=-1)
+    assert [ts.value for ts in exp.tokens] == pytest.approx([float(per_position[p]) for p in range(1, 6)], rel=1e-4)
+
+
+def test_words_groups_bpe_pieces(tk):
+    prompt = "castle of Vantremont, at dusk"
+    tok = tokenize(tk, prompt)
+    pieces = [t for t in tok.tokens if prompt.index("Vantremont") <= t.start < prompt.index(",")]
+    assert len(pieces) >= 2
+    grads = torch.zeros(77)
+    for n, t in enumerate(tok.tokens):
+        grads[t.position] = 1.0 + n
+    strongest = max(pieces, key=lambda t: t.position)
+    grads[strongest.position] = 100.0
+    words = explain(tok, grads).words()
+    assert [w.text for w in words] == ["castle", "of", "Vantremont", ",", "at", "dusk"]
+    vw = words[2]
+    assert (vw.start, vw.end) == (prompt.index("Vantremont"), prompt.index(","))
+    assert prompt[vw.start : vw.end] == vw.text
+    assert vw.value == 100.0 and vw.normalized == 1.0
+    assert words[0].value == 1.0
+
+
+def test_words_group_multibyte_pieces(tk):
+    prompt = "猫が好き 🐱 cat"
+    tok = tokenize(tk, prompt)
+    assert len(tok.tokens) > len(prompt.split())  # byte-level pieces
+    words = explain(tok, torch.ones(77)).words()
+    for w in words:
+        assert w.text == prompt[w.start : w.end]
+    # pieces of one character never end up in two words
+    starts = [w.start for w in words]
+    assert len(starts) == len(set(starts))
+    assert words[-1].text == "cat"
+    assert "🐱" in [w.text for w in words]
+
+
+def test_top_and_to_dict(tk):
+    tok = tokenize(tk, "a red cat")
+    grads = torch.zeros(77)
+    grads[1], grads[2], grads[3] = 0.1, 0.5, 0.3
+    exp = explain(tok, grads)
+    assert isinstance(exp, Explanation)
+    assert [w.text for w in exp.top(2)] == ["red", "cat"]
+    d = exp.to_dict()
+    assert len(d["tokens"]) == 3 and len(d["words"]) == 3
+
+
+def test_explain_all_zero_gradients(tk):
+    exp = explain(tokenize(tk, "a red cat"), torch.zeros(77))
+    assert [t.normalized for t in exp.tokens] == [0.0, 0.0, 0.0]

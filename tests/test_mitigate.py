@@ -1,0 +1,437 @@
+"""Mitigation strategies: embedding optimization, attention rescaling, guidance schedules, and the host loop."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from memguard.mitigate.attention import Attention, cross_attention_modules, rescaled_attention
+from memguard.mitigate.base import AttentionEdit, Case, Intervention, Report, merge
+from memguard.mitigate.embedding import Embedding, checkpointed, frozen
+from memguard.mitigate.guidance import Guidance, GuidanceSchedule
+from memguard.pipeline import positions_kept, sample
+
+PROMPT = "a photo of a cat"
+
+STRATEGIES = {
+    "embedding": lambda: Embedding(max_iters=3),
+    "attention": lambda: Attention(),
+    "guidance": lambda: Guidance(),
+    "opposite-static": lambda: Guidance(mode="static", before=-2.0),
+}
+
+
+def _params(model):
+    return [*model.unet.parameters(), *model.text_encoder.parameters()]
+
+
+def _case(model, seeds=(0,), steps=10, target=0.0, interrupted=lambda: False, prompt=PROMPT):
+    tok = model.tokenize(prompt)
+    n = len(seeds)
+    t = model.scheduler(steps).timesteps[0]
+    x = torch.cat([model.noise(s) for s in seeds])
+    cond = model.encode(tok).expand(n, -1, -1).clone()
+    with torch.no_grad():
+        eps_empty = model.eps(x, t, model.empty().expand(n, -1, -1))
+        scores = (model.eps(x, t, cond) - eps_empty).flatten(1).norm(dim=1).tolist()
+    return Case(
+        eps_model=lambda xx, cc: model.eps(xx, t, cc),
+        x=x,
+        cond=cond,
+        eps_empty=eps_empty,
+        keep=[positions_kept(tok)] * n,
+        bos=list(range(0, cond.shape[1], 77)),
+        target=target,
+        scores=scores,
+        interrupted=interrupted,
+        model=model.unet,
+        checkpoint=model.blocks(),
+    )
+
+
+# --- every strategy through the host loop -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", list(STRATEGIES))
+def test_strategy_reports_per_flagged_image(tiny, name):
+    strategy = STRATEGIES[name]()
+    gens = sample(tiny, PROMPT, [0, 1], steps=6, threshold=0.0, strategy=strategy)
+    for g in gens:
+        assert g.detection.flagged
+        report = g.mitigation
+        assert isinstance(report, Report)
+        assert report.strategy == strategy.name
+        assert report.score_before == pytest.approx(g.detection.score, rel=1e-6)
+        assert report.score_after is not None and report.score_after >= 0
+        assert report.unet_forwards >= 2
+        assert report.to_dict()["unet_equivalents"] == report.unet_equivalents
+        assert g.to_dict()["score_after"] == report.score_after
+        assert g.image is not None and torch.isfinite(g.image).all()
+    (plain,) = sample(tiny, PROMPT, [0], steps=6, threshold=None)
+    assert not torch.equal(gens[0].image, plain.image)
+
+
+@pytest.mark.parametrize("name", list(STRATEGIES))
+def test_unflagged_image_is_bit_identical(tiny, name):
+    off = sample(tiny, PROMPT, [0, 1], steps=6, threshold=1e9)
+    on = sample(tiny, PROMPT, [0, 1], steps=6, threshold=1e9, strategy=STRATEGIES[name]())
+    for a, b in zip(off, on):
+        assert not b.detection.flagged and b.mitigation is None
+        assert torch.equal(a.image, b.image)
+        assert a.trajectory == b.trajectory
+
+
+@pytest.mark.parametrize("name", list(STRATEGIES))
+def test_only_the_flagged_image_of_a_batch_changes(tiny, name):
+    seeds = [0, 1]
+    base = sample(tiny, PROMPT, seeds, steps=6, threshold=None)
+    s0, s1 = base[0].detection.score, base[1].detection.score
+    assert s0 != s1
+    threshold = (s0 + s1) / 2
+    hi, lo = (0, 1) if s0 > s1 else (1, 0)
+    mitigated = sample(tiny, PROMPT, seeds, steps=6, threshold=threshold, strategy=STRATEGIES[name]())
+    assert mitigated[hi].detection.flagged and mitigated[hi].mitigation is not None
+    assert not mitigated[lo].detection.flagged and mitigated[lo].mitigation is None
+    assert torch.equal(mitigated[lo].image, base[lo].image)
+    assert torch.equal(mitigated[lo].latent, base[lo].latent)
+    assert not torch.equal(mitigated[hi].latent, base[hi].latent)
+
+
+# --- embedding ----------------------------------------------------------------------------------------------------
+
+
+def test_embedding_lowers_d_in_the_host_loop(tiny):
+    gens = sample(tiny, PROMPT, [0, 1], steps=4, threshold=0.0, strategy=Embedding(max_iters=5))
+    for g in gens:
+        r = g.mitigation
+        assert r.score_after < r.score_before
+        assert 1 <= r.iterations <= 5
+        assert r.unet_backwards == r.iterations
+
+
+def test_embedding_on_a_case(tiny):
+    case = _case(tiny, seeds=(0, 1))
+    strategy = Embedding(max_iters=4)
+    out = strategy(case)
+    assert isinstance(out, Intervention)
+    assert out.cond.shape == case.cond.shape and out.cond.dtype == case.cond.dtype
+    assert out.attention is None and out.guidance is None
+    with torch.no_grad():
+        d = (case.eps_model(case.x, out.cond) - case.eps_empty).flatten(1).norm(dim=1)
+    for j, r in enumerate(out.reports):
+        assert r.iterations == 4
+        assert r.unet_forwards == 5
+        assert r.score_after == pytest.approx(float(d[j]), rel=1e-4)
+        assert r.score_after < r.score_before == pytest.approx(case.scores[j])
+        assert r.notes  # did not reach the target 0
+
+
+def test_embedding_stops_at_target(tiny):
+    case = _case(tiny)
+    out = Embedding(max_iters=50, target=case.scores[0] * 0.97)(case)
+    (r,) = out.reports
+    assert r.score_after <= case.scores[0] * 0.97
+    assert r.iterations < 50
+    assert r.notes == []
+
+
+def test_embedding_interrupted_stops_after_first_iteration(tiny):
+    case = _case(tiny, interrupted=lambda: True)
+    out = Embedding(max_iters=10)(case)
+    (r,) = out.reports
+    assert r.iterations == 0 and r.unet_backwards == 0 and r.unet_forwards == 1
+    assert torch.equal(out.cond, case.cond)
+
+    calls = []
+
+    def second_call():
+        calls.append(1)
+        return len(calls) >= 2
+
+    out = Embedding(max_iters=10)(_case(tiny, interrupted=second_call))
+    assert out.reports[0].iterations == 1
+
+
+def test_embedding_interrupted_in_host_loop(tiny):
+    (g,) = sample(tiny, PROMPT, [0], steps=6, threshold=0.0, strategy=Embedding(), interrupted=lambda: True)
+    assert g.mitigation.iterations == 0
+
+
+def test_embedding_leaves_parameters_untouched(tiny):
+    unet_first = tiny.unet.conv_in.weight
+    text_first = list(tiny.text_encoder.parameters())[-1]
+    before = {id(p): p.requires_grad for p in _params(tiny)}
+    try:
+        unet_first.requires_grad_(True)
+        text_first.requires_grad_(True)
+        expected = {id(p): p.requires_grad for p in _params(tiny)}
+        values = [p.detach().clone() for p in tiny.unet.parameters()]
+        sample(tiny, PROMPT, [0], steps=3, threshold=0.0, strategy=Embedding(max_iters=3))
+        assert {id(p): p.requires_grad for p in _params(tiny)} == expected
+        assert all(p.grad is None for p in _params(tiny))
+        assert all(torch.equal(a, b) for a, b in zip(values, tiny.unet.parameters()))
+        assert "forward" not in vars(tiny.unet.down_blocks[0])  # checkpointing undone
+    finally:
+        for p in _params(tiny):
+            p.requires_grad_(before[id(p)])
+            p.grad = None
+
+
+def test_embedding_keeps_bos_fixed(tiny):
+    case = _case(tiny)
+    out = Embedding(max_iters=5)(case)
+    assert not torch.equal(out.cond, case.cond)
+    assert torch.equal(out.cond[:, 0], case.cond[:, 0])
+
+
+def test_frozen_restores_requires_grad():
+    m = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 2))
+    m[1].weight.requires_grad_(False)
+    with frozen([m]):
+        assert not any(p.requires_grad for p in m.parameters())
+    assert [p.requires_grad for p in m.parameters()] == [True, True, False, True]
+    with pytest.raises(RuntimeError), frozen([m]):
+        raise RuntimeError
+    assert [p.requires_grad for p in m.parameters()] == [True, True, False, True]
+
+
+# --- checkpointing ----------------------------------------------------------------------------------------------
+
+
+class _Block(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = torch.nn.Linear(4, 4)
+
+    def forward(self, x, scale=1.0):
+        return torch.tanh(self.lin(x)) * scale
+
+
+def _stack_grads(blocks, x):
+    for b in blocks:
+        b.zero_grad(set_to_none=True)
+    inp = x.clone().requires_grad_(True)
+    h = inp
+    for b in blocks:
+        h = b(h, scale=1.5)
+    h.pow(2).sum().backward()
+    return inp.grad.clone(), [p.grad.clone() for b in blocks for p in b.parameters()]
+
+
+def test_checkpointed_same_gradients_and_restores_forward():
+    torch.manual_seed(0)
+    blocks = [_Block() for _ in range(3)]
+    custom = blocks[2].forward  # an instance-level forward (as some hosts patch) must come back too
+    blocks[2].forward = custom
+    x = torch.randn(5, 4)
+    ref_in, ref_params = _stack_grads(blocks, x)
+    with checkpointed(blocks):
+        assert all("forward" in vars(b) for b in blocks)
+        assert blocks[0].forward != _Block.forward.__get__(blocks[0])
+        got_in, got_params = _stack_grads(blocks, x)
+        with torch.no_grad():
+            assert torch.equal(blocks[0](x), _Block.forward(blocks[0], x))
+    assert torch.allclose(got_in, ref_in, atol=1e-7)
+    assert all(torch.allclose(a, b, atol=1e-7) for a, b in zip(got_params, ref_params))
+    assert "forward" not in vars(blocks[0]) and "forward" not in vars(blocks[1])
+    assert blocks[2].forward is custom
+
+
+def test_checkpointed_restores_on_error():
+    blocks = [_Block(), _Block()]
+    with pytest.raises(ValueError), checkpointed(blocks):
+        raise ValueError
+    assert all("forward" not in vars(b) for b in blocks)
+
+
+# --- attention ----------------------------------------------------------------------------------------------------
+
+
+def _all_hooks(modules):
+    return [h for m in modules for mod in (m, m.to_k) for h in mod._forward_hooks]
+
+
+def test_cross_attention_modules_found(tiny):
+    mods = cross_attention_modules(tiny.unet)
+    assert len(mods) >= 2
+    assert all(hasattr(m, "to_k") for m in mods)
+    assert all(m is not getattr(m, "attn1", None) for m in mods)
+
+
+def test_attention_hooks_removed_on_exit_and_on_error(tiny):
+    mods = cross_attention_modules(tiny.unet)
+    assert _all_hooks(mods) == []
+    with rescaled_attention(mods, [0], [[0, 1, 2]], AttentionEdit(), batch=2):
+        assert len(_all_hooks(mods)) == 2 * len(mods)
+    assert _all_hooks(mods) == []
+    with pytest.raises(RuntimeError), rescaled_attention(mods, [0], [[0, 1, 2]], AttentionEdit(), batch=2):
+        raise RuntimeError("sampling failed")
+    assert _all_hooks(mods) == []
+    assert all(not m._forward_hooks_with_kwargs and not m.to_k._forward_hooks_with_kwargs for m in mods)
+
+
+def _unet_inputs(model, prompt="a photo of a cat", batch=3, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, 3, 8, 8, generator=gen)
+    cond = model.encode(model.tokenize(prompt)).expand(batch, -1, -1).clone()
+    cond[-1] = model.empty()[0]  # rows differ
+    return x, cond
+
+
+def test_attention_identity_edit_changes_nothing(tiny):
+    x, cond = _unet_inputs(tiny)
+    mods = cross_attention_modules(tiny.unet)
+    keep = positions_kept(tiny.tokenize(PROMPT))
+    with torch.no_grad():
+        plain = tiny.unet(x, 801, encoder_hidden_states=cond).sample
+        with rescaled_attention(mods, [0, 2], [keep, keep], AttentionEdit(c_bos=1.0, mask_padding=False), 3) as st:
+            edited = tiny.unet(x, 801, encoder_hidden_states=cond).sample
+    assert st["edited"] == len(mods) and st["skipped"] == 0
+    assert torch.allclose(edited, plain, atol=1e-6, rtol=0)
+
+
+def test_attention_padding_mask_changes_edited_rows_only(tiny):
+    x, cond = _unet_inputs(tiny)
+    mods = cross_attention_modules(tiny.unet)
+    keep = positions_kept(tiny.tokenize(PROMPT))
+    assert keep == list(range(7))
+    with torch.no_grad():
+        plain = tiny.unet(x, 801, encoder_hidden_states=cond).sample
+        with rescaled_attention(mods, [1], [keep], AttentionEdit(c_bos=1.0, mask_padding=True), 3):
+            edited = tiny.unet(x, 801, encoder_hidden_states=cond).sample
+    assert torch.equal(edited[0], plain[0]) and torch.equal(edited[2], plain[2])
+    assert not torch.allclose(edited[1], plain[1], atol=1e-4)
+    # the same edit computed on row 1 alone, with the padding removed from its context: masking = removing keys
+    with torch.no_grad():
+        alone = tiny.unet(x[1:2], 801, encoder_hidden_states=cond[1:2, keep]).sample
+    assert torch.allclose(edited[1], alone[0], atol=1e-5)
+
+
+def test_attention_other_batch_sizes_are_skipped(tiny):
+    x, cond = _unet_inputs(tiny)
+    mods = cross_attention_modules(tiny.unet)
+    with torch.no_grad():
+        plain = tiny.unet(x, 801, encoder_hidden_states=cond).sample
+        with rescaled_attention(mods, [0], [[0, 1]], AttentionEdit(c_bos=3.0), batch=2) as stats:
+            edited = tiny.unet(x, 801, encoder_hidden_states=cond).sample
+    assert stats["edited"] == 0 and stats["skipped"] == len(mods)
+    assert torch.equal(edited, plain)
+
+
+def test_attention_bos_scaling_matches_manual_softmax():
+    from diffusers.models.attention_processor import Attention as DiffusersAttention
+
+    torch.manual_seed(0)
+    heads, dim_head = 2, 4
+    attn = DiffusersAttention(query_dim=16, cross_attention_dim=8, heads=heads, dim_head=dim_head).eval()
+    hidden = torch.randn(2, 5, 16)
+    ctx = torch.randn(2, 6, 8)
+    keep, c_bos = [0, 1, 2, 3], 1.7
+    with torch.no_grad():
+        plain = attn(hidden, encoder_hidden_states=ctx)
+        with rescaled_attention([attn], [1], [keep], AttentionEdit(c_bos=c_bos, mask_padding=True), batch=2):
+            edited = attn(hidden, encoder_hidden_states=ctx)
+
+        def split(t):
+            return t.view(t.shape[0], t.shape[1], heads, dim_head).transpose(1, 2)
+
+        q = split(attn.to_q(hidden[1:2]))
+        k = attn.to_k(ctx[1:2, keep])
+        k[:, 0] *= c_bos
+        k, v = split(k), split(attn.to_v(ctx[1:2, keep]))
+        logits = q @ k.transpose(-1, -2) / dim_head**0.5
+        out = (logits.softmax(dim=-1) @ v).transpose(1, 2).reshape(1, 5, heads * dim_head)
+        manual = attn.to_out[0](out)
+    assert torch.equal(edited[0], plain[0])
+    assert torch.allclose(edited[1], manual[0], atol=1e-6)
+    assert not torch.allclose(edited[1], plain[1], atol=1e-4)
+
+
+def test_attention_strategy_intervention(tiny):
+    case = _case(tiny, seeds=(0, 1))
+    out = Attention(c_bos=1.5, mask_padding=False)(case)
+    assert out.attention == AttentionEdit(c_bos=1.5, mask_padding=False)
+    assert out.cond is case.cond
+    assert [r.score_before for r in out.reports] == case.scores
+    assert _all_hooks(cross_attention_modules(tiny.unet)) == []
+
+
+# --- guidance -----------------------------------------------------------------------------------------------------
+
+
+def _run(schedule, ds, total=None, timesteps=None, user=7.5):
+    total = total or len(ds)
+    timesteps = timesteps or [1000 - 1000 * i / total for i in range(total)]
+    return [schedule.scale(i, total, timesteps[i], d, user) for i, d in enumerate(ds)]
+
+
+def test_dynamic_switches_at_first_local_minimum():
+    sched = GuidanceSchedule(mode="dynamic", before=1.0, latest=1.0)
+    scales = _run(sched, [5, 4, 3, 3.5, 2, 1, 3, 4, 0.5, 6])
+    assert sched.switched_at == 3
+    assert scales == [1.0, 1.0, 1.0] + [7.5] * 7
+
+
+def test_dynamic_without_minimum_switches_at_latest():
+    sched = GuidanceSchedule(mode="dynamic", before=-2.0, latest=0.5)
+    scales = _run(sched, [10 - i for i in range(10)])
+    assert sched.switched_at == 5
+    assert scales == [-2.0] * 5 + [7.5] * 5
+
+
+def test_static_switches_at_switch_t():
+    sched = GuidanceSchedule(mode="static", before=0.0, switch_t=650, latest=1.0)
+    timesteps = [901, 801, 701, 651, 650, 601, 501, 401, 301, 201]
+    scales = _run(sched, [1.0] * 10, timesteps=timesteps)
+    assert sched.switched_at == 4
+    assert scales == [0.0] * 4 + [7.5] * 6
+
+
+def test_static_latest_forces_switch():
+    sched = GuidanceSchedule(mode="static", before=1.0, switch_t=100, latest=0.3)
+    timesteps = [901, 801, 701, 601, 501, 401, 301, 201, 101, 1]
+    _run(sched, [1.0] * 10, timesteps=timesteps)
+    assert sched.switched_at == 3
+
+
+def test_guidance_strategy():
+    case = Case(
+        eps_model=lambda x, c: x,
+        x=torch.zeros(2, 1, 1, 1),
+        cond=torch.zeros(2, 77, 4),
+        eps_empty=torch.zeros(2, 1, 1, 1),
+        keep=[[0]] * 2,
+        bos=[0],
+        target=1.0,
+        scores=[2.0, 3.0],
+    )
+    out = Guidance(mode="static", before=-2.0, switch_t=500)(case)
+    assert len(out.guidance) == 2 and out.guidance[0] is not out.guidance[1]
+    assert out.guidance[0].mode == "static" and out.guidance[0].before == -2.0 and out.guidance[0].switch_t == 500
+    assert "opposite" in out.reports[0].notes[0]
+    assert out.cond is case.cond
+    with pytest.raises(ValueError):
+        Guidance(mode="bogus")(case)
+
+
+def test_guidance_in_host_loop_applies_schedule(tiny):
+    (g,) = sample(tiny, PROMPT, [0], steps=6, threshold=0.0, strategy=Guidance(mode="static", before=1.0, switch_t=0))
+    # static with switch_t=0 never switches on t; latest=0.6 of 6 steps forces the switch at step 4
+    # before the switch the scale is 1.0: x follows the conditional prediction alone
+    (plain,) = sample(tiny, PROMPT, [0], steps=6, guidance=1.0, threshold=None)
+    assert not torch.equal(g.latent, plain.latent)
+    (full,) = sample(tiny, PROMPT, [0], steps=6, guidance=7.5, threshold=None)
+    assert not torch.equal(g.latent, full.latent)
+
+
+def test_merge():
+    a = Intervention(
+        torch.zeros(1), [Report("a", score_before=2.0, iterations=3, unet_forwards=4)], attention=AttentionEdit()
+    )
+    b = Intervention(torch.ones(1), [Report("b", iterations=1, unet_backwards=2)], guidance=["g"])
+    m = merge(a, b)
+    assert torch.equal(m.cond, torch.ones(1))
+    (r,) = m.reports
+    assert r.strategy == "a+b" and r.score_before == 2.0 and r.iterations == 4
+    assert r.unet_forwards == 4 and r.unet_backwards == 2 and r.unet_equivalents == 8
+    assert m.attention == AttentionEdit() and m.guidance == ["g"]
