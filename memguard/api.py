@@ -1,0 +1,182 @@
+"""HTTP API under ``/memguard/v1/``: version, schema, score prompts, read and run the calibration.
+
+The WebUI protects only its own ``/sdapi`` routes with ``--api-auth`` (A1111 1.10.1 ``modules/api/api.py``,
+``Api.auth``); extension routes are open unless they check credentials themselves. These routes require the same
+HTTP Basic credentials whenever the host was started with ``--api-auth``. Requests are parsed by hand (not by
+pydantic, whose major version differs between A1111 and Forge) and bounded: body size, number and length of prompts,
+seeds; anything malformed gets a 4xx with a message naming the problem. Model calls are serialized by a lock, so
+concurrent clients each get their own results.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import secrets
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from . import __version__
+from .service import Service, benign_prompts
+
+PREFIX = "/memguard/v1"
+MAX_BODY = 256 * 1024
+MAX_PROMPTS = 64
+MAX_PROMPT_CHARS = 4000
+MAX_SEEDS = 8
+MAX_CALIBRATION_PROMPTS = 2000
+
+SCHEMA = {
+    "score": {
+        "request": {
+            "prompts": f"list of 1..{MAX_PROMPTS} strings (each <= {MAX_PROMPT_CHARS} chars)",
+            "seeds": f"int 1..{MAX_SEEDS} (default 1): generations per prompt, seeds 0..n-1",
+            "explain": "bool (default false): per-word significance",
+        },
+        "response": {
+            "model": "str",
+            "threshold": "float|null",
+            "results": "list of {prompt, score, scores, flagged, threshold[, words, tokens]}",
+        },
+    },
+    "calibration": {
+        "GET": {"model": "str", "threshold": "float|null", "source": "str"},
+        "POST": {
+            "request": {
+                "fpr": "float in (0, 0.5], default 0.01",
+                "prompts": f"optional list of <= {MAX_CALIBRATION_PROMPTS} benign prompts "
+                "(default: memguard's bundled list)",
+            },
+            "response": {"threshold": "float", "fpr": "float", "n": "int"},
+        },
+    },
+}
+
+
+class BadRequest(ValueError):
+    def __init__(self, message: str, status: int = 400):
+        super().__init__(message)
+        self.status = status
+
+
+def parse_credentials(api_auth: str | None) -> dict[str, str]:
+    """``--api-auth "user:pass,user2:pass2"`` as ``{user: password}``."""
+    creds = {}
+    for pair in (api_auth or "").split(","):
+        if ":" in pair:
+            user, password = pair.strip().split(":", 1)
+            creds[user] = password
+    return creds
+
+
+def authorized(header: str | None, creds: dict[str, str]) -> bool:
+    if not creds:
+        return True
+    if not header or not header.startswith("Basic "):
+        return False
+    try:
+        user, _, password = base64.b64decode(header[6:], validate=True).decode("utf-8").partition(":")
+    except (binascii.Error, UnicodeDecodeError):
+        return False
+    expected = creds.get(user)
+    return expected is not None and secrets.compare_digest(password.encode(), expected.encode())
+
+
+def _body(raw: bytes) -> dict:
+    if len(raw) > MAX_BODY:
+        raise BadRequest(f"request body over {MAX_BODY} bytes", 413)
+    try:
+        data = json.loads(raw or b"{}")
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise BadRequest(f"body is not valid JSON: {err}") from err
+    if not isinstance(data, dict):
+        raise BadRequest("body must be a JSON object")
+    return data
+
+
+def _prompts(data: dict, key: str, limit: int, required: bool = True) -> list[str] | None:
+    value = data.get(key)
+    if value is None and not required:
+        return None
+    if not isinstance(value, list) or not value or not all(isinstance(p, str) for p in value):
+        raise BadRequest(f"'{key}' must be a non-empty list of strings", 422)
+    if len(value) > limit:
+        raise BadRequest(f"'{key}' has {len(value)} items; at most {limit} per request", 413)
+    long = next((i for i, p in enumerate(value) if len(p) > MAX_PROMPT_CHARS), None)
+    if long is not None:
+        raise BadRequest(f"'{key}'[{long}] is longer than {MAX_PROMPT_CHARS} characters", 413)
+    return value
+
+
+def score_request(service: Service, data: dict) -> dict:
+    prompts = _prompts(data, "prompts", MAX_PROMPTS)
+    seeds = data.get("seeds", 1)
+    if not isinstance(seeds, int) or isinstance(seeds, bool) or not 1 <= seeds <= MAX_SEEDS:
+        raise BadRequest(f"'seeds' must be an integer from 1 to {MAX_SEEDS}", 422)
+    explain = data.get("explain", False)
+    if not isinstance(explain, bool):
+        raise BadRequest("'explain' must be true or false", 422)
+    seed_list = list(range(seeds))
+    results = [service.analyze(p, seed_list) for p in prompts] if explain else service.audit(prompts, seed_list)
+    return {"model": service.model_id(), "threshold": service.threshold(), "results": results}
+
+
+def calibration_request(service: Service, data: dict) -> dict:
+    fpr = data.get("fpr", 0.01)
+    if not isinstance(fpr, (int, float)) or isinstance(fpr, bool) or not 0 < fpr <= 0.5:
+        raise BadRequest("'fpr' must be a number in (0, 0.5]", 422)
+    prompts = _prompts(data, "prompts", MAX_CALIBRATION_PROMPTS, required=False) or benign_prompts()
+    result = service.calibrate(prompts, float(fpr))
+    return {"model": service.model_id(), "threshold": result["threshold"], "fpr": result["fpr"], "n": result["n"]}
+
+
+def register_routes(app: Any, service_factory: Callable[[], Service], api_auth: str | None = None) -> None:
+    """Add the routes to a FastAPI app (the WebUI's, from ``on_app_started``)."""
+    from fastapi import Request
+    from fastapi.responses import JSONResponse
+
+    creds = parse_credentials(api_auth)
+    lock = threading.Lock()
+
+    def guarded(handler: Callable[[Service, dict], dict], needs_body: bool):
+        async def endpoint(request: Request):
+            if not authorized(request.headers.get("authorization"), creds):
+                return JSONResponse({"error": "authentication required"}, 401, {"WWW-Authenticate": "Basic"})
+            try:
+                length = int(request.headers.get("content-length") or 0)
+            except ValueError:
+                length = 0
+            if length > MAX_BODY:
+                return JSONResponse({"error": f"request body over {MAX_BODY} bytes"}, 413)
+            try:
+                data = _body(await request.body()) if needs_body else {}
+                from starlette.concurrency import run_in_threadpool
+
+                def call():
+                    with lock:
+                        return handler(service_factory(), data)
+
+                return JSONResponse(await run_in_threadpool(call))
+            except BadRequest as err:
+                return JSONResponse({"error": str(err)}, err.status)
+            except Exception as err:  # a model failure is the server's, said plainly
+                return JSONResponse({"error": f"memguard failed: {type(err).__name__}: {err}"}, 500)
+
+        return endpoint
+
+    def version(service: Service, _data: dict) -> dict:
+        return {"version": __version__, "model": service.model_id()}
+
+    def schema(_service: Service, _data: dict) -> dict:
+        return SCHEMA
+
+    def calibration(service: Service, _data: dict) -> dict:
+        return {"model": service.model_id(), "threshold": service.threshold()}
+
+    app.add_api_route(f"{PREFIX}/version", guarded(version, False), methods=["GET"])
+    app.add_api_route(f"{PREFIX}/schema", guarded(schema, False), methods=["GET"])
+    app.add_api_route(f"{PREFIX}/score", guarded(score_request, True), methods=["POST"])
+    app.add_api_route(f"{PREFIX}/calibration", guarded(calibration, False), methods=["GET"])
+    app.add_api_route(f"{PREFIX}/calibration", guarded(calibration_request, True), methods=["POST"])

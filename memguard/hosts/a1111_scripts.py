@@ -1,0 +1,115 @@
+"""The WebUI scripts (A1111 1.10 ``modules/scripts.py`` ``Script``): a companion that watches every txt2img
+generation, and the "Memorization guard" dropdown script that mitigates. Built by :func:`make_scripts` so that
+importing memguard never imports the host."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from . import a1111, settings
+
+GUARD_TITLE = "Memorization guard"
+
+
+def _audit(run: a1111.Run, p: Any) -> None:
+    """Append one JSON line per image to the audit log, when the setting names a file."""
+    path = settings.get("memguard_audit_log")
+    if not path or not run.results:
+        return
+    with open(path, "a", encoding="utf-8") as handle:
+        for r in sorted(run.results.values(), key=lambda r: r["index"]):
+            verdict = "unscored" if r["score"] is None else ("flagged" if r["flagged"] else "ok")
+            action = r["mitigation"]["strategy"] if r["mitigation"] else ("warn" if r["flagged"] else "none")
+            row = {
+                "time": time.time(),
+                "model": a1111.model_key(),
+                "prompt": r["prompt"],
+                "seed": r["seed"],
+                "score": r["score"],
+                "threshold": r["threshold"],
+                "verdict": verdict,
+                "action": action,
+            }
+            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
+def make_scripts() -> tuple[type, type]:
+    """Return the two ``Script`` subclasses; ``scripts/memguard.py`` puts them in its globals for the host."""
+    from modules import processing, scripts
+
+    class MemguardWatch(scripts.Script):
+        """Always-visible companion: starts a watching run for every txt2img generation, reports at its end."""
+
+        def title(self) -> str:
+            return "memguard"
+
+        def show(self, is_img2img: bool):
+            return False if is_img2img else scripts.AlwaysVisible
+
+        def ui(self, is_img2img: bool) -> list:
+            return []
+
+        def process(self, p: Any, *args: Any) -> None:
+            run = getattr(p, a1111.ATTR, None)
+            if run is None:
+                if not settings.get("memguard_watch"):
+                    return
+                mitigate = settings.get("memguard_action") == "mitigate"
+                run = a1111.start(
+                    p,
+                    "mitigate" if mitigate else "watch",
+                    strategy_name=settings.get("memguard_strategy"),
+                    explain=bool(settings.get("memguard_explain")),
+                )
+            if settings.get("memguard_infotext"):
+                p.extra_generation_params.update(a1111.infotext(run))
+
+        def postprocess(self, p: Any, processed: Any, *args: Any) -> None:
+            run = a1111.finish(p)
+            if run is None:
+                return
+            processed.comments = (processed.comments or "") + "".join(f"{line}\n" for line in a1111.summary_lines(run))
+            try:
+                _audit(run, p)
+            except OSError as err:
+                processed.comments += f"memguard could not write the audit log: {err}\n"
+
+    class MemguardGuard(scripts.Script):
+        """Dropdown script: score at step 1 and mitigate flagged images before sampling continues."""
+
+        def title(self) -> str:
+            return GUARD_TITLE
+
+        def show(self, is_img2img: bool) -> bool:
+            return not is_img2img
+
+        def ui(self, is_img2img: bool) -> list:
+            import gradio as gr
+
+            strategy = gr.Radio(
+                list(settings.STRATEGIES), value="auto", label="Mitigation strategy", elem_id=self.elem_id("strategy")
+            )
+            force = gr.Checkbox(
+                False, label="Mitigate every image, not only flagged ones", elem_id=self.elem_id("force")
+            )
+            explain = gr.Checkbox(True, label="Explain flagged images", elem_id=self.elem_id("explain"))
+            self.infotext_fields = [(strategy, "Memguard strategy"), (force, "Memguard force")]
+            return [strategy, force, explain]
+
+        def run(self, p: Any, strategy: str = "auto", force: bool = False, explain: bool = True) -> Any:
+            if strategy not in settings.STRATEGIES:
+                raise ValueError(
+                    f"memguard: unknown strategy {strategy!r}; use one of {', '.join(settings.STRATEGIES)}"
+                )
+            a1111.start(p, "mitigate", strategy_name=strategy, force=bool(force), explain=bool(explain))
+            p.extra_generation_params["Memguard strategy"] = strategy
+            if force:
+                p.extra_generation_params["Memguard force"] = True
+            try:
+                return processing.process_images(p)
+            finally:
+                a1111.finish(p)
+
+    return MemguardWatch, MemguardGuard

@@ -1,0 +1,103 @@
+"""What the UI tab and the HTTP API ask of a loaded model, independent of the host that loaded it.
+
+:class:`PipelineService` serves a diffusers-format model directory (the command line's pipeline; the miniature in
+the demo launcher and the browser test). The WebUI glue provides the same interface over the checkpoint the WebUI
+has loaded (``memguard.hosts``).
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from .calibrate import Calibration, CalibrationStore
+
+BENIGN_PROMPTS = Path(__file__).parent / "data" / "benign_prompts.txt"
+
+
+def benign_prompts() -> list[str]:
+    """memguard's own benign calibration prompts (written for the project)."""
+    return [line for line in BENIGN_PROMPTS.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+class Service(Protocol):
+    """Scores, explanations and calibration for the model a host has loaded."""
+
+    def model_id(self) -> str: ...
+
+    def threshold(self) -> float | None: ...
+
+    def analyze(self, prompt: str, seeds: Sequence[int]) -> dict:
+        """``{"prompt", "scores": [per seed], "score", "threshold", "flagged", "words": [...], "tokens": [...]}``"""
+        ...
+
+    def audit(self, prompts: Sequence[str], seeds: Sequence[int]) -> list[dict]:
+        """One ``{"prompt", "score", "scores", "flagged", "threshold"}`` per prompt (no explanation: fast)."""
+        ...
+
+    def calibrate(self, prompts: Sequence[str], fpr: float) -> dict:
+        """Score ``prompts`` as benign, store the threshold at ``fpr``; ``{"threshold", "fpr", "n", "scores"}``."""
+        ...
+
+
+def verdict(scores: Sequence[float | None], threshold: float | None) -> tuple[float | None, bool]:
+    """Mean of the finite per-seed scores and whether it exceeds the threshold."""
+    finite = [s for s in scores if s is not None and math.isfinite(s)]
+    mean = statistics.fmean(finite) if finite else None
+    return mean, bool(mean is not None and threshold is not None and mean > threshold)
+
+
+@dataclass
+class PipelineService:
+    """:class:`Service` over a :class:`memguard.pipeline.Model` and a calibration store."""
+
+    model: object
+    store: CalibrationStore
+    steps: int = 50
+    guidance: float = 7.5
+
+    def model_id(self) -> str:
+        return self.model.model_hash
+
+    def threshold(self) -> float | None:
+        stored = self.store.get(self.model.model_hash)
+        return stored.threshold if stored is not None else self.model.shipped_threshold()
+
+    def analyze(self, prompt: str, seeds: Sequence[int]) -> dict:
+        from .pipeline import explain_prompt, score
+
+        tau = self.threshold()
+        scores = [d.score for d in score(self.model, prompt, list(seeds), steps=self.steps, guidance=self.guidance)]
+        mean, flagged = verdict(scores, tau)
+        expl = explain_prompt(self.model, prompt, list(seeds), steps=self.steps, guidance=self.guidance)
+        return {
+            "prompt": prompt,
+            "scores": scores,
+            "score": mean,
+            "threshold": tau,
+            "flagged": flagged,
+            **expl.to_dict(),
+        }
+
+    def audit(self, prompts: Sequence[str], seeds: Sequence[int]) -> list[dict]:
+        from .pipeline import score_prompts
+
+        tau = self.threshold()
+        out = []
+        per_prompt = score_prompts(self.model, list(prompts), list(seeds), steps=self.steps, guidance=self.guidance)
+        for prompt, dets in zip(prompts, per_prompt):
+            scores = [d.score for d in dets]
+            mean, flagged = verdict(scores, tau)
+            out.append({"prompt": prompt, "scores": scores, "score": mean, "flagged": flagged, "threshold": tau})
+        return out
+
+    def calibrate(self, prompts: Sequence[str], fpr: float) -> dict:
+        rows = self.audit(prompts, [0])
+        scores = [r["score"] for r in rows if r["score"] is not None]
+        calibration = Calibration.from_scores(scores, fpr)
+        self.store.put(self.model.model_hash, calibration)
+        return {"threshold": calibration.threshold, "fpr": fpr, "n": len(scores), "scores": scores}

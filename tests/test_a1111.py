@@ -1,0 +1,234 @@
+"""memguard's A1111 glue driven end to end through the faithful fake host (``tests/fakehost``): the real
+``scripts/memguard.py`` loaded as an extension, real samplers, real CFG batches."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import fakehost
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("gradio")
+
+ROOT = Path(__file__).resolve().parents[1]
+GUARD = "Memorization guard"
+
+
+@pytest.fixture(scope="session")
+def model_dir(tiny_dir) -> Path:
+    return Path(os.environ.get("FAKEHOST_MODEL_DIR", tiny_dir))
+
+
+@pytest.fixture
+def host(model_dir, tmp_path):
+    fakehost.uninstall()
+    h = fakehost.boot(model_dir, extension_dirs=[str(ROOT)], api=True)
+    from modules import shared
+
+    shared.opts.memguard_threshold = 0.0
+    yield h
+    fakehost.uninstall()
+
+
+def side() -> int:
+    from modules import shared
+
+    return int(shared.sd_model.model.diffusion_model.config.sample_size)
+
+
+def generate(host, title=None, script_args=None, **fields):
+    defaults = dict(
+        prompt="a red circle",
+        negative_prompt="",
+        steps=4,
+        batch_size=1,
+        width=side(),
+        height=side(),
+        seed=7,
+        sampler_name="Euler",
+    )
+    p = host.txt2img_processing(title, script_args=script_args, **{**defaults, **fields})
+    return host.run_txt2img(p)
+
+
+def data(processed) -> dict:
+    line = next(li for li in processed.comments.splitlines() if li.startswith("memguard-data:"))
+    return json.loads(line[len("memguard-data:") :])
+
+
+def pixels(processed) -> list[np.ndarray]:
+    images = processed.images[processed.index_of_first_image :]
+    return [np.asarray(im) for im in images]
+
+
+def scores(processed) -> list[float]:
+    return [r["score"] for r in sorted(data(processed)["results"], key=lambda r: r["index"])]
+
+
+def guard_index() -> int:
+    from modules import scripts
+
+    script = next(s for s in scripts.scripts_txt2img.selectable_scripts if s.title() == GUARD)
+    return script.args_from
+
+
+def set_threshold(value: float) -> None:
+    from modules import shared
+
+    shared.opts.memguard_threshold = value
+
+
+def test_watch_scores_every_image_and_writes_infotext(host):
+    out = generate(host, batch_size=2)
+    results = data(out)["results"]
+    assert [r["index"] for r in results] == [0, 1]
+    assert all(r["score"] is not None and r["score"] > 0 for r in results)
+    assert not any(r["extra_pass"] for r in results)  # empty negative prompt: the host's own uncond is e_empty
+    assert "Memguard verdict: uncalibrated" in out.infotexts[0]
+
+
+def test_watch_score_equals_direct_recomputation(host):
+    """Score from the host's CFG batch == || eps(x_T, c) - eps(x_T, "") || computed with memguard's own model."""
+    from modules import script_callbacks, shared
+
+    seen = {}
+
+    def grab(params):
+        if params.denoiser.step == 0:
+            seen["x"], seen["sigma"] = params.x.clone(), params.sigma.clone()
+
+    script_callbacks.on_cfg_denoiser(grab)
+    out = generate(host, sampler_name="DDIM", steps=5)
+    model = shared.sd_model.memguard_model if hasattr(shared.sd_model, "memguard_model") else None
+    unet, t = shared.sd_model.model.diffusion_model, int(seen["sigma"][0])
+    cond = shared.sd_model.get_learned_conditioning(["a red circle"])
+    empty = shared.sd_model.get_learned_conditioning([""])
+    with torch.no_grad():
+        x = seen["x"][:1]
+        d = (unet(x, t, encoder_hidden_states=cond).sample - unet(x, t, encoder_hidden_states=empty).sample).norm()
+    assert model is None or model
+    assert scores(out)[0] == pytest.approx(float(d), rel=1e-5)
+
+
+def test_negative_prompt_and_skip_early_cond_use_empty_reference(host):
+    from modules import shared
+
+    base = scores(generate(host))[0]
+    neg = data(generate(host, negative_prompt="blurry, dark"))["results"][0]
+    assert neg["extra_pass"] and neg["score"] == pytest.approx(base, rel=1e-5)
+    shared.opts.skip_early_cond = 0.2
+    skipped = data(generate(host))["results"][0]
+    assert skipped["extra_pass"] and skipped["score"] == pytest.approx(base, rel=1e-5)
+
+
+def test_watching_does_not_change_images(host):
+    from modules import shared
+
+    watched = generate(host, batch_size=2, sampler_name="Euler a")
+    shared.opts.memguard_watch = False
+    plain = generate(host, batch_size=2, sampler_name="Euler a")
+    assert "memguard-data" not in plain.comments
+    for a, b in zip(pixels(watched), pixels(plain)):
+        assert np.array_equal(a, b)
+
+
+def test_flagged_image_is_explained_on_the_typed_words(host):
+    prompt = "a (red:1.2) circle AND a blue square"
+    first = scores(generate(host, prompt=prompt))[0]
+    set_threshold(first * 0.5)
+    out = generate(host, prompt=prompt)
+    result = data(out)["results"][0]
+    assert result["flagged"] and result["words"]
+    for w in result["words"]:
+        assert prompt[w["start"] : w["end"]] == w["text"]
+    assert "may reproduce a training image" in out.comments
+    assert "Memguard verdict: flagged" in out.infotexts[0]
+
+
+def test_guard_mitigates_only_the_flagged_image(host):
+    plain = generate(host, batch_size=4, seed=11)
+    s = scores(plain)
+    ranked = sorted(s)
+    set_threshold((ranked[-1] + ranked[-2]) / 2)  # exactly one image above the threshold
+    flagged = s.index(ranked[-1])
+    guarded = generate(host, GUARD, {guard_index(): "embedding"}, batch_size=4, seed=11)
+    results = sorted(data(guarded)["results"], key=lambda r: r["index"])
+    assert [r["flagged"] for r in results] == [i == flagged for i in range(4)]
+    report = results[flagged]["mitigation"]
+    assert report["strategy"] == "embedding" and report["score_after"] < report["score_before"]
+    for i, (a, b) in enumerate(zip(pixels(guarded), pixels(plain))):
+        assert np.array_equal(a, b) == (i != flagged)
+    assert "Memguard strategy: embedding" in guarded.infotexts[flagged]
+
+
+@pytest.mark.parametrize("strategy", ["attention", "guidance", "auto"])
+def test_guard_strategies_run_and_clean_up(host, strategy):
+    from modules import shared
+
+    set_threshold(1e-6)
+    out = generate(host, GUARD, {guard_index(): strategy}, batch_size=2)
+    assert all(r["mitigation"] for r in data(out)["results"])
+    unet = shared.sd_model.model.diffusion_model
+    assert all(not m._forward_hooks for m in unet.modules())
+
+
+def test_hires_pass_is_not_scored_again(host):
+    out = generate(host, batch_size=2, enable_hr=True, hr_scale=2, hr_upscaler="Latent", denoising_strength=0.5)
+    assert sorted(r["index"] for r in data(out)["results"]) == [0, 1]
+
+
+def test_two_chunk_prompt_and_batches(host):
+    long = ", ".join(f"word{i}" for i in range(60))
+    out = generate(host, prompt=long, n_iter=2, batch_size=2)
+    assert sorted(r["index"] for r in data(out)["results"]) == [0, 1, 2, 3]
+    assert all(r["prompt"] == long for r in data(out)["results"])
+
+
+def test_failure_inside_memguard_leaves_generation_alone(host, monkeypatch):
+    from memguard.hosts import a1111
+
+    plain = generate(host, batch_size=2)
+
+    def boom(*a, **k):
+        raise RuntimeError("injected")
+
+    monkeypatch.setattr(a1111, "_record", boom)
+    out = generate(host, batch_size=2)
+    assert "memguard could not score this generation: scoring: RuntimeError: injected" in out.comments
+    for a, b in zip(pixels(out), pixels(plain)):
+        assert np.array_equal(a, b)
+
+
+def test_api_dict_args_and_infotext_roundtrip(host):
+    from modules import infotext_utils
+
+    set_threshold(1e-6)
+    resp = host.api.text2imgapi(
+        {
+            "prompt": "a red circle",
+            "steps": 3,
+            "width": side(),
+            "height": side(),
+            "script_name": GUARD.lower(),
+            "script_args": ["guidance", True, False],
+        }
+    )
+    info = json.loads(resp.info)
+    assert info["extra_generation_params"]["Memguard strategy"] == "guidance"
+    params = infotext_utils.parse_generation_parameters(info["infotexts"][0])
+    assert params["Memguard strategy"] == "guidance" and params["Memguard verdict"] == "flagged"
+
+
+def test_no_state_or_callbacks_accumulate(host):
+    from modules import script_callbacks
+
+    before = script_callbacks.count_callbacks() if hasattr(script_callbacks, "count_callbacks") else None
+    for _ in range(5):
+        out = generate(host)
+    assert not hasattr(out, "_memguard_run")
+    if before is not None:
+        assert script_callbacks.count_callbacks() == before
