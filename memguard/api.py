@@ -8,7 +8,6 @@ seeds; anything malformed gets a 4xx with a message naming the problem. Model ca
 concurrent clients each get their own results.
 """
 
-from __future__ import annotations
 
 import base64
 import binascii

@@ -1,10 +1,28 @@
-"""memguard's WebUI entry: register the callbacks and settings, expose the scripts (see ``memguard.hosts``)."""
+"""memguard's WebUI entry: register callbacks, settings, the Memorization tab and the HTTP API; expose the scripts.
 
-from modules import script_callbacks
+Everything lives in the ``memguard`` package (``memguard/hosts``); this file only wires it to the host.
+"""
 
+from modules import script_callbacks, shared
+
+from memguard.api import register_routes
 from memguard.hosts import a1111, settings
 from memguard.hosts.a1111_scripts import make_scripts
+from memguard.hosts.a1111_service import A1111Service
+
+
+def _tabs():
+    from memguard.ui.tab import build_tab
+
+    return [(build_tab(A1111Service), "Memorization", "memorization")]
+
+
+def _routes(_demo, app):
+    register_routes(app, A1111Service, getattr(shared.cmd_opts, "api_auth", None))
+
 
 a1111.register()
 script_callbacks.on_ui_settings(settings.register)
+script_callbacks.on_ui_tabs(_tabs)
+script_callbacks.on_app_started(_routes)
 MemguardWatch, MemguardGuard = make_scripts()

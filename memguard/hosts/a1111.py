@@ -378,15 +378,13 @@ def _step0_text(p: Any, text: str) -> str:
     return prompt_parser.get_learned_conditioning_prompt_schedules([text], steps)[0][0][1]
 
 
-def host_tokens(p: Any, image: int, sub: int) -> Tokenized:
-    """Pieces of AND sub-prompt ``sub`` of image ``image`` with their conditioning positions and spans in the typed
-    prompt, replayed from the host's own chunking (``process_texts``); token-level only if the replay disagrees."""
+def host_tokens(text: str, typed: str) -> Tokenized:
+    """Pieces of the encoded sub-prompt ``text`` with their conditioning positions and spans in the ``typed`` prompt,
+    replayed from the host's own chunking (``process_texts``); token-level only if the replay disagrees."""
     from modules import shared
 
     from ..tokens import load_tokenizer
 
-    encoded = p.prompts[image]
-    text = _step0_text(p, prompt_syntax.split_and(encoded)[sub][0])
     chunks = shared.sd_model.cond_stage_model.process_texts([text])[0][0]
     host_ids = [list(c.tokens) for c in chunks]
     tokenizer = _tokenizer_cache.get("t") or _tokenizer_cache.setdefault("t", load_tokenizer())
@@ -409,12 +407,12 @@ def host_tokens(p: Any, image: int, sub: int) -> Tokenized:
         eos_id=tokenizer.eos_token_id,
         backtrack=int(settings.host_opt("comma_padding_backtrack", 20) or 0),
     )
-    typed = _typed_prompt(p, image)
     if ids != host_ids:
-        names = tokenizer.convert_ids_to_tokens([t for chunk in host_ids for t in chunk])
+        flat = [t for chunk in host_ids for t in chunk]
+        names = tokenizer.convert_ids_to_tokens(flat)
         tokens = [
             Token(id=t, text=names[k].replace("</w>", ""), start=-1, end=-1, position=k)
-            for k, t in enumerate(t for chunk in host_ids for t in chunk)
+            for k, t in enumerate(flat)
             if k % CONTEXT != 0 and t != tokenizer.eos_token_id
         ]
         return Tokenized(prompt=typed, ids=host_ids, tokens=tokens)
@@ -428,6 +426,11 @@ def host_tokens(p: Any, image: int, sub: int) -> Tokenized:
             start, end = min(mapped), max(mapped) + 1
             tokens.append(Token(id=piece.id, text=typed[start:end], start=start, end=end, position=piece.position))
     return Tokenized(prompt=typed, ids=host_ids, tokens=tokens)
+
+
+def encoded_subprompt(p: Any, image: int, sub: int) -> str:
+    """The text the host encoded for AND sub-prompt ``sub`` of image ``image`` at step 0."""
+    return _step0_text(p, prompt_syntax.split_and(p.prompts[image])[sub][0])
 
 
 _tokenizer_cache: dict[str, Any] = {}
@@ -445,7 +448,7 @@ def _explain_image(
     eps_model = _eps_model(denoiser, step0, [row], cond)
     with torch.enable_grad():
         grads = token_gradients(eps_model, step0.x[[row]], _crossattn(cond).detach().clone(), reference)
-    return explain(host_tokens(p, image, sub), grads).to_dict()["words"]
+    return explain(host_tokens(encoded_subprompt(p, image, sub), _typed_prompt(p, image)), grads).to_dict()["words"]
 
 
 def _current_cond(run: Run, step0: Step0) -> Any:
@@ -536,7 +539,7 @@ def _keep_ids(p: Any, image: int, row: int, lay: BatchLayout) -> list[int]:
     from modules import shared
 
     sub = next(k for k, (r, _) in enumerate(lay.cond_rows[image]) if r == row)
-    text = _step0_text(p, prompt_syntax.split_and(p.prompts[image])[sub][0])
+    text = encoded_subprompt(p, image, sub)
     chunks = shared.sd_model.cond_stage_model.process_texts([text])[0][0]
     ids = [t for c in chunks for t in c.tokens]
     eos = getattr(shared.sd_model.cond_stage_model, "id_end", 49407)

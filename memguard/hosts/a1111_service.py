@@ -1,0 +1,132 @@
+"""The Memorization tab's and the HTTP API's :class:`memguard.service.Service` over the checkpoint the WebUI has
+loaded (A1111 1.10 ``shared.sd_model``, an ldm/sgm ``LatentDiffusion``).
+
+Outside a generation memguard evaluates the model itself, with Wen et al.'s protocol at the first step of a
+k-diffusion sampler (every WebUI k-diffusion schedule starts at ``sigma_max``, i.e. model timestep 999): ``x_T`` is
+unit Gaussian noise drawn from the seed on the CPU, the latent is 64x64 (512 px; 128x128 for SDXL), and the
+reference is the model's own encoding of the empty prompt. Scores from the tab, the API, calibration and the
+watcher at a k-diffusion sampler's first step are therefore on the same scale.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from .. import prompt_syntax
+from ..algebra import eps_from_v
+from ..calibrate import Calibration
+from ..detect import wen_norm
+from ..explain import explain, token_gradients
+from ..service import verdict
+from . import a1111
+
+T_FIRST = 999
+
+
+def _latent_shape(sd_model: Any) -> tuple[int, int, int]:
+    unet = sd_model.model.diffusion_model
+    config = getattr(unet, "config", None)
+    if config is not None and hasattr(config, "sample_size"):  # a diffusers UNet (pixel-space test models)
+        return int(config.in_channels), int(config.sample_size), int(config.sample_size)
+    side = 128 if getattr(sd_model, "is_sdxl", False) else 64
+    return int(getattr(unet, "in_channels", 4)), side, side
+
+
+@dataclass
+class A1111Service:
+    """Scores, explanations and calibration for ``shared.sd_model`` (see the module docstring)."""
+
+    def _model(self) -> Any:
+        from modules import shared
+
+        if shared.sd_model is None:
+            raise RuntimeError("no checkpoint is loaded")
+        return shared.sd_model
+
+    def model_id(self) -> str:
+        return a1111.model_key()
+
+    def threshold(self) -> float | None:
+        return a1111.current_threshold()[0]
+
+    def _cond(self, texts: list[str]) -> Any:
+        return self._model().get_learned_conditioning(texts)
+
+    def _eps(self, x: torch.Tensor, cond: Any) -> torch.Tensor:
+        model = self._model()
+        t = torch.full((x.shape[0],), T_FIRST, device=x.device, dtype=torch.long)
+        wrapped = cond if isinstance(cond, dict) else {"c_crossattn": [cond]}
+        out = model.apply_model(x, t, wrapped)
+        if getattr(model, "parameterization", "eps") == "v":
+            return eps_from_v(x, out, model.alphas_cumprod[T_FIRST])
+        return out
+
+    def _noise(self, seeds: Sequence[int]) -> torch.Tensor:
+        shape = _latent_shape(self._model())
+        device = next(self._model().model.diffusion_model.parameters()).device
+        noise = [torch.randn((1, *shape), generator=torch.Generator("cpu").manual_seed(int(s))) for s in seeds]
+        return torch.cat(noise).to(device)
+
+    def _scores(self, text: str, seeds: Sequence[int]) -> tuple[list[float], Any, torch.Tensor, torch.Tensor]:
+        n = len(seeds)
+        cond = a1111._take(self._cond([text]), [0] * n)
+        empty = a1111._empty_cond(n)
+        x = self._noise(seeds)
+        with torch.no_grad():
+            eps_e = self._eps(x, empty)
+            d = wen_norm(self._eps(x, cond) - eps_e)
+        return [float(v) for v in d], cond, x, eps_e
+
+    def _subprompts(self, prompt: str) -> list[str]:
+        from modules import prompt_parser
+
+        parts = [text for text, _w, _o in prompt_syntax.split_and(prompt)] or [prompt]
+        return [prompt_parser.get_learned_conditioning_prompt_schedules([t], 20)[0][0][1] for t in parts]
+
+    def analyze(self, prompt: str, seeds: Sequence[int]) -> dict:
+        tau = self.threshold()
+        best = None
+        for text in self._subprompts(prompt):
+            scores, cond, x, eps_e = self._scores(text, seeds)
+            mean = statistics.fmean(scores)
+            if best is None or mean > best[0]:
+                best = (mean, text, scores, cond, x, eps_e)
+        _, text, scores, cond, x, eps_e = best
+        mean, flagged = verdict(scores, tau)
+
+        def eps_model(xx: torch.Tensor, crossattn: torch.Tensor) -> torch.Tensor:
+            return self._eps(xx, a1111._with_crossattn(cond, crossattn))
+
+        with torch.enable_grad():
+            grads = token_gradients(eps_model, x, a1111._crossattn(cond), eps_e)
+        expl = explain(a1111.host_tokens(text, prompt), grads)
+        return {
+            "prompt": prompt,
+            "scores": scores,
+            "score": mean,
+            "threshold": tau,
+            "flagged": flagged,
+            **expl.to_dict(),
+        }
+
+    def audit(self, prompts: Sequence[str], seeds: Sequence[int]) -> list[dict]:
+        tau = self.threshold()
+        out = []
+        for prompt in prompts:
+            per_part = [self._scores(text, seeds)[0] for text in self._subprompts(prompt)]
+            scores = max(per_part, key=statistics.fmean)
+            mean, flagged = verdict(scores, tau)
+            out.append({"prompt": prompt, "scores": scores, "score": mean, "flagged": flagged, "threshold": tau})
+        return out
+
+    def calibrate(self, prompts: Sequence[str], fpr: float) -> dict:
+        rows = self.audit(prompts, [0])
+        scores = [r["score"] for r in rows if r["score"] is not None]
+        calibration = Calibration.from_scores(scores, fpr, sampler="k-diffusion first step (t=999)")
+        a1111.store().put(self.model_id(), calibration)
+        return {"threshold": calibration.threshold, "fpr": fpr, "n": len(scores), "scores": scores}

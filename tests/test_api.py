@@ -1,0 +1,108 @@
+"""The HTTP API routes on a real FastAPI app (Starlette's test client), over the tiny model."""
+
+from __future__ import annotations
+
+import base64
+import threading
+
+import pytest
+
+pytest.importorskip("fastapi")
+from fastapi import FastAPI  # noqa: E402
+from fastapi.testclient import TestClient  # noqa: E402
+
+from memguard.api import MAX_PROMPT_CHARS, MAX_PROMPTS, PREFIX, register_routes  # noqa: E402
+from memguard.calibrate import CalibrationStore  # noqa: E402
+from memguard.service import PipelineService  # noqa: E402
+
+ROUTES = [("get", "version"), ("get", "schema"), ("post", "score"), ("get", "calibration"), ("post", "calibration")]
+
+
+def basic(user: str, password: str) -> dict:
+    return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
+
+
+@pytest.fixture
+def service(tiny, tmp_path):
+    return PipelineService(tiny, CalibrationStore(tmp_path / "calibration.json"), steps=10)
+
+
+def client(service, auth=None) -> TestClient:
+    app = FastAPI()
+    register_routes(app, lambda: service, auth)
+    return TestClient(app)
+
+
+def test_routes_require_the_hosts_credentials_when_set(service):
+    c = client(service, "alice:secret,bob:pw2")
+    for method, route in ROUTES:
+        kwargs = {"json": {"prompts": ["a cat"]}} if method == "post" else {}
+        assert getattr(c, method)(f"{PREFIX}/{route}", **kwargs).status_code == 401, route
+        assert getattr(c, method)(f"{PREFIX}/{route}", headers=basic("alice", "nope"), **kwargs).status_code == 401
+    ok = c.get(f"{PREFIX}/version", headers=basic("bob", "pw2"))
+    assert ok.status_code == 200 and ok.json()["model"] == service.model_id()
+
+
+def test_open_without_api_auth_and_scores(service):
+    c = client(service)
+    r = c.post(f"{PREFIX}/score", json={"prompts": ["a red circle", "a blue square"], "seeds": 2})
+    assert r.status_code == 200
+    results = r.json()["results"]
+    assert [x["prompt"] for x in results] == ["a red circle", "a blue square"]
+    assert all(len(x["scores"]) == 2 and x["score"] > 0 for x in results)
+    explained = c.post(f"{PREFIX}/score", json={"prompts": ["a red circle"], "explain": True}).json()["results"][0]
+    assert [w["text"] for w in explained["words"]] == ["a", "red", "circle"]
+
+
+@pytest.mark.parametrize(
+    ("body", "status"),
+    [
+        (b"{not json", 400),
+        (b"[1, 2]", 400),
+        (b'{"prompts": "a cat"}', 422),
+        (b'{"prompts": [1, 2]}', 422),
+        (b'{"prompts": []}', 422),
+        (b'{"prompts": ["a"], "seeds": 0}', 422),
+        (b'{"prompts": ["a"], "seeds": true}', 422),
+        (b'{"prompts": ["a"], "explain": "yes"}', 422),
+    ],
+)
+def test_malformed_requests_get_a_clear_4xx(service, body, status):
+    r = client(service).post(f"{PREFIX}/score", content=body, headers={"content-type": "application/json"})
+    assert r.status_code == status and r.json()["error"]
+
+
+def test_request_size_bounds(service):
+    c = client(service)
+    r = c.post(f"{PREFIX}/score", json={"prompts": ["a"] * (MAX_PROMPTS + 1)})
+    assert r.status_code == 413 and str(MAX_PROMPTS) in r.json()["error"]
+    r = c.post(f"{PREFIX}/score", json={"prompts": ["x" * (MAX_PROMPT_CHARS + 1)]})
+    assert r.status_code == 413
+    r = c.post(f"{PREFIX}/score", content=b"{" + b" " * 300_000 + b"}", headers={"content-type": "application/json"})
+    assert r.status_code == 413
+
+
+def test_calibration_round_trip(service):
+    c = client(service)
+    assert c.get(f"{PREFIX}/calibration").json()["threshold"] is None
+    r = c.post(f"{PREFIX}/calibration", json={"fpr": 0.1, "prompts": [f"a shape number {i}" for i in range(12)]})
+    assert r.status_code == 200 and r.json()["n"] == 12
+    assert c.get(f"{PREFIX}/calibration").json()["threshold"] == pytest.approx(r.json()["threshold"])
+    assert c.post(f"{PREFIX}/calibration", json={"fpr": 2}).status_code == 422
+
+
+def test_concurrent_clients_get_their_own_results(service):
+    c = client(service)
+    out: dict[str, list] = {}
+
+    def call(prompt: str) -> None:
+        out[prompt] = c.post(f"{PREFIX}/score", json={"prompts": [prompt]}).json()["results"]
+
+    threads = [threading.Thread(target=call, args=(p,)) for p in ("a red circle", "a green cross", "two squares")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert {p: r[0]["prompt"] for p, r in out.items()} == {p: p for p in out}
+    single = c.post(f"{PREFIX}/score", json={"prompts": ["a green cross"]}).json()["results"][0]["score"]
+    assert out["a green cross"][0]["score"] == pytest.approx(single)
