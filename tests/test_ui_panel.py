@@ -1,0 +1,338 @@
+"""The warning panel, the analysis HTML, the SVG histogram and the prompt files: escaping, states, heat classes."""
+
+from __future__ import annotations
+
+import csv
+import json
+import xml.etree.ElementTree as ET
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+
+from memguard.ui import actions
+from memguard.ui.charts import bin_scores, histogram_svg
+from memguard.ui.files import PromptFileError, parse_prompts, read_prompt_file, upload_path, write_audit_csv
+from memguard.ui.panel import heat_level, highlight_prompt, render_analysis, render_panel
+
+ATTACKS = ["<img src=x onerror=alert(1)>", '"><script>alert(1)</script>']
+ALLOWED_TAGS = {"div", "span", "p", "b", "ul", "li", "table", "thead", "tbody", "tr", "th", "td"}
+
+
+class Markup(HTMLParser):
+    """Tags, attributes and text of an HTML fragment, as a browser's parser would see them."""
+
+    def __init__(self, text: str):
+        super().__init__(convert_charrefs=True)
+        self.tags: list[str] = []
+        self.attrs: list[tuple[str, str | None]] = []
+        self.text: list[str] = []
+        self.feed(text)
+        self.close()
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append(tag)
+        self.attrs.extend(attrs)
+
+    def handle_data(self, data):
+        self.text.append(data)
+
+
+def words_for(prompt: str) -> list[dict]:
+    """Every maximal run of non-space characters, as explain's words would come, with rising significance."""
+    out, start = [], None
+    for i, ch in enumerate(prompt + " "):
+        if ch.isspace() and start is not None:
+            out.append({"text": prompt[start:i], "start": start, "end": i})
+            start = None
+        elif not ch.isspace() and start is None:
+            start = i
+    for k, word in enumerate(out):
+        word["value"] = 0.01 * (k + 1)
+        word["normalized"] = (k + 1) / len(out)
+    return out
+
+
+def result(prompt: str = "a cat on a sofa", **kw) -> dict:
+    base = {
+        "index": 0,
+        "seed": 1234,
+        "prompt": prompt,
+        "score": 3.5,
+        "threshold": 2.0,
+        "flagged": True,
+        "reason": "",
+        "words": words_for(prompt),
+        "mitigation": None,
+    }
+    return {**base, **kw}
+
+
+@pytest.mark.parametrize("attack", ATTACKS)
+def test_prompt_is_only_ever_text(attack):
+    prompt = f"a cat {attack} on a sofa"
+    html = render_panel([result(prompt)])
+    parsed = Markup(html)
+    assert set(parsed.tags) <= ALLOWED_TAGS
+    assert "<script" not in html and "<img" not in html
+    assert all("onerror" not in (name or "") for name, _ in parsed.attrs)
+    assert attack in "".join(parsed.text)  # the user sees exactly what they typed
+    assert ("data-prompt", prompt) in parsed.attrs  # attribute values round-trip unchanged
+
+
+@pytest.mark.parametrize("attack", ATTACKS)
+def test_every_field_is_escaped(attack):
+    mitigation = {"strategy": attack, "score_before": 3.0, "score_after": 1.0, "notes": [attack], "seconds": 0.5}
+    html = render_panel(
+        [
+            result(attack, seed=attack, mitigation=mitigation),
+            result(attack, score=None, flagged=False, reason=attack),
+        ],
+        target=attack,
+    )
+    parsed = Markup(html)
+    assert set(parsed.tags) <= ALLOWED_TAGS
+    assert "".join(parsed.text).count(attack) >= 4  # prompt, seed, strategy, note, reason
+    analysis = Markup(render_analysis(result(attack), [0, 1], attack, attack))
+    assert set(analysis.tags) <= ALLOWED_TAGS
+
+
+def test_words_with_markup_inside_are_wrapped_and_escaped():
+    prompt = "<b>bold</b> & co"
+    html = highlight_prompt(prompt, [{"start": 0, "end": 11, "value": 1.0, "normalized": 1.0}], "memguard_prompt")
+    parsed = Markup(html)
+    assert parsed.tags == ["span", "span"]
+    assert "".join(parsed.text) == prompt
+    assert ("data-word", "<b>bold</b>") in parsed.attrs
+    assert ("data-memguard-target", "memguard_prompt") in parsed.attrs
+
+
+def test_flagged_block_shows_highlighted_prompt_advice_and_threshold():
+    html = render_panel([result()])
+    assert "memguard-flagged" in html and "Likely memorized" in html
+    assert "above the threshold" in html and "<b>3.5</b>" in html and "<b>2</b>" in html
+    assert html.count('class="memguard-word') == 5
+    assert "Edit the highlighted words, or rerun with the Memorization guard script." in html
+    assert 'data-memguard-target="txt2img_prompt"' in html
+    assert "Image 1, seed 1234" in html
+
+
+def test_unflagged_block_has_no_prompt():
+    html = render_panel([result(score=1.0, flagged=False)])
+    assert "memguard-clear" in html and "No memorization detected" in html
+    assert "at or below the threshold" in html
+    assert "memguard-word" not in html and "Memorization guard script" not in html
+
+
+def test_unscorable_block_says_why():
+    html = render_panel([result(score=None, flagged=False, reason="the prediction was not finite (NaN or inf)")])
+    assert "memguard-unscored" in html
+    assert "memguard could not score this image: the prediction was not finite (NaN or inf)" in html
+
+
+def test_uncalibrated_block_says_so():
+    html = render_panel([result(threshold=None, flagged=False)])
+    assert "memguard-uncalibrated" in html and "not calibrated" in html
+
+
+def test_mitigation_before_after_and_cost():
+    mitigation = {
+        "strategy": "embedding",
+        "score_before": 3.5,
+        "score_after": 1.25,
+        "unet_equivalents": 14,
+        "seconds": 0.75,
+        "notes": ["converged"],
+    }
+    html = render_panel([result(mitigation=mitigation)])
+    text = "".join(Markup(html).text)
+    expected = "Mitigation: embedding; score 3.5 \u2192 1.25 (now below the threshold); cost 14 UNet passes, 0.75 s."
+    assert expected in text
+    assert "converged" in text
+    assert "Likely memorized, mitigated" in text and "steered this image away" in text
+    still = render_panel([result(mitigation={**mitigation, "score_after": 2.5})])
+    assert "still above the threshold" in still
+
+
+def test_one_block_per_image_and_nothing_for_no_results():
+    assert render_panel([]) == ""
+    html = render_panel([result(index=i, seed=i) for i in range(3)])
+    assert html.count('class="memguard-result ') == 3
+    assert "Image 3, seed 2" in html
+
+
+@pytest.mark.parametrize(("normalized", "level"), [(0.0, 0), (0.19, 0), (0.2, 1), (0.5, 2), (0.79, 3), (1.0, 4)])
+def test_heat_levels(normalized, level):
+    assert heat_level(normalized) == level
+
+
+@pytest.mark.parametrize("odd", [None, float("nan"), float("inf"), -3.0, 7.0])
+def test_heat_level_of_odd_values_is_in_range(odd):
+    assert 0 <= heat_level(odd) <= 4
+
+
+def test_heat_classes_and_raw_value_titles():
+    prompt = "low mid high"
+    words = [
+        {"start": 0, "end": 3, "value": 0.001, "normalized": 0.05},
+        {"start": 4, "end": 7, "value": 0.01, "normalized": 0.5},
+        {"start": 8, "end": 12, "value": 0.0123456, "normalized": 1.0},
+    ]
+    parsed = Markup(highlight_prompt(prompt, words))
+    classes = [v for k, v in parsed.attrs if k == "class" and "memguard-word" in v]
+    assert classes == [f"memguard-word memguard-heat-{level}" for level in (0, 2, 4)]
+    titles = [v for k, v in parsed.attrs if k == "title"]
+    assert titles[2] == "significance 0.01235 (1 of the strongest word)"
+    assert ("data-start", "8") in parsed.attrs and ("data-end", "12") in parsed.attrs
+
+
+def test_malformed_spans_are_dropped_and_text_kept():
+    prompt = "one two three"
+    words = [
+        {"start": 0, "end": 3, "normalized": 1.0},
+        {"start": 2, "end": 6, "normalized": 1.0},  # overlaps the first
+        {"start": 8, "end": 99, "normalized": 1.0},  # past the end
+        {"start": "x", "end": 3},  # not offsets
+    ]
+    parsed = Markup(highlight_prompt(prompt, words))
+    assert "".join(parsed.text) == prompt
+    assert parsed.tags.count("span") == 2
+
+
+def test_meter_without_a_positive_threshold():
+    html = render_analysis(
+        {"prompt": "a", "scores": [1.0], "score": 1.0, "threshold": 0.0, "flagged": True}, [0], "m", "t"
+    )
+    assert "memguard-meter-mark" not in html and "width:90.9%" in html
+
+
+def test_analysis_shows_per_seed_scores_against_threshold():
+    res = {
+        "prompt": "a cat",
+        "scores": [1.0, 3.0, float("nan")],
+        "score": 2.0,
+        "threshold": 1.5,
+        "flagged": True,
+        "words": words_for("a cat"),
+    }
+    html = render_analysis(res, [0, 1, 2], "abc123", "memguard_prompt")
+    text = " ".join(Markup(html).text)
+    assert "Likely memorized" in text and "model abc123, 3 seeds" in text
+    assert html.count("memguard-meter-under") == 1 and html.count("memguard-meter-over") == 1
+    assert "Click a word to remove or de-emphasize it." in text
+
+
+def test_histogram_is_svg_with_threshold_line_and_escaped_title():
+    svg = histogram_svg([0.1, 0.2, 0.2, 0.9, float("nan")], threshold=0.5, bins=10, title="<b>x</b>")
+    root = ET.fromstring(svg)
+    ns = "{http://www.w3.org/2000/svg}"
+    bars = root.findall(f"{ns}rect")
+    assert len(bars) == 10
+    assert sum(int(b.find(f"{ns}title").text.split(": ")[1].split()[0]) for b in bars) == 4
+    assert any("memguard-hist-over" in b.get("class") for b in bars)
+    assert root.find(f"{ns}line[@class='memguard-hist-threshold']") is not None
+    assert root.find(f"{ns}title").text == "<b>x</b>"
+
+
+def test_histogram_handles_no_and_equal_scores():
+    ET.fromstring(histogram_svg([], None))
+    low, high, counts = bin_scores([2.0, 2.0], 4)
+    assert low < 2.0 < high and sum(counts) == 2
+
+
+def test_parse_text_jsonl_and_json_array():
+    text = 'plain prompt\n\n{"prompt": "from prompt"}\n{"caption": "from caption"}\n   \n'
+    assert parse_prompts(text) == ["plain prompt", "from prompt", "from caption"]
+    assert parse_prompts(json.dumps(["a", {"prompt": "b"}, {"caption": "c"}, " "])) == ["a", "b", "c"]
+
+
+@pytest.mark.parametrize(
+    ("content", "fragment"),
+    [
+        (b'{"prompt": 3}\n', "has no 'prompt' or 'caption' string"),
+        (b'{"prompt": "a",\n', "line 1, is not valid JSON"),
+        (b"[1, 2", "not valid JSON"),
+        (b"\xff\xfe\x00a", "not a text file"),
+        (b"caf\xe9\n", "is not UTF-8 text"),
+        (b"\n  \n", "holds no prompt"),
+    ],
+)
+def test_unusable_prompt_files_say_why(tmp_path, content, fragment):
+    path = tmp_path / "prompts.txt"
+    path.write_bytes(content)
+    with pytest.raises(PromptFileError, match=fragment):
+        read_prompt_file(path)
+
+
+def test_missing_file_says_so(tmp_path):
+    with pytest.raises(PromptFileError, match="cannot read missing.txt"):
+        read_prompt_file(tmp_path / "missing.txt")
+
+
+def test_upload_values_of_both_gradio_versions(tmp_path):
+    class Wrapper:
+        name = str(tmp_path / "a.txt")
+
+    assert upload_path(None) is None and upload_path("") is None
+    assert upload_path(str(tmp_path / "a.txt")) == tmp_path / "a.txt"
+    assert upload_path(Wrapper()) == tmp_path / "a.txt"
+    assert upload_path({"path": str(tmp_path / "a.txt")}) == tmp_path / "a.txt"
+
+
+def test_csv_neutralizes_formulas_and_keeps_one_row_per_prompt(tmp_path):
+    rows = [
+        {"prompt": "=HYPERLINK(1)", "score": 1.5, "scores": [1.0, 2.0], "flagged": True, "threshold": 1.0},
+        {"prompt": 'say "hi", ok', "score": None, "scores": [float("nan")], "flagged": False, "threshold": None},
+    ]
+    path = write_audit_csv(rows, tmp_path)
+    with Path(path).open(encoding="utf-8", newline="") as handle:
+        table = list(csv.reader(handle))
+    assert table[0] == ["index", "prompt", "score", "threshold", "flagged", "seed_scores"]
+    assert table[1] == ["0", "'=HYPERLINK(1)", "1.5", "1.0", "yes", "1.0;2.0"]
+    assert table[2] == ["1", 'say "hi", ok', "", "", "no", ""]
+
+
+@pytest.mark.parametrize(("count", "fragment"), [(None, "how many seeds"), (0, "between 1 and 16"), (17, "not 17")])
+def test_seed_count_is_checked(count, fragment):
+    with pytest.raises(actions.UserError, match=fragment):
+        actions.seeds_from_count(count)
+
+
+def test_seed_count_rounds_the_number_box():
+    assert actions.seeds_from_count(3.0) == [0, 1, 2]
+
+
+@pytest.mark.parametrize(
+    ("fpr", "fragment"), [(None, "Enter a false-positive rate"), (1.0, "for 1% enter 0.01"), (-1, "at least 0")]
+)
+def test_fpr_is_checked(fpr, fragment):
+    with pytest.raises(actions.UserError, match=fragment):
+        actions.check_fpr(fpr)
+
+
+def _no_model():
+    raise FileNotFoundError("no checkpoint is loaded")
+
+
+def test_actions_answer_with_messages_not_tracebacks(tmp_path):
+    empty = actions.analyze(_no_model, "   ", 4)
+    assert "memguard-error" in empty and "the prompt box is empty" in empty
+    assert "memguard has no model to work with: no checkpoint is loaded" in actions.analyze(_no_model, "a cat", 4)
+    assert "no model to work with" in actions.calibrate(_no_model, None, 0.01)
+    missing = actions.audit(_no_model, None, 1)
+    assert "Upload a prompt file first" in missing.html and missing.csv is None and missing.rows == []
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes(b"\x00\x01")
+    assert "bad.txt is not a text file" in actions.audit(_no_model, str(bad), 1).html
+
+
+def test_unexpected_failures_are_one_line_messages():
+    class Broken:
+        def model_id(self):
+            return "m"
+
+        def analyze(self, prompt, seeds):
+            raise RuntimeError("CUDA out of memory <b>")
+
+    html = actions.analyze(lambda: Broken(), "a cat", 1)
+    assert "memguard failed: RuntimeError: CUDA out of memory &lt;b&gt;" in html
