@@ -254,6 +254,53 @@
         }
     });
 
+
+    // The warning panel under a generation: the WebUI shows the generation's log (#html_log_txt2img) as escaped
+    // text; memguard's log ends with one "memguard-data:{json}" line, which is hidden here and rendered into a panel
+    // by the server (POST /memguard/v1/panel escapes every string; see memguard/ui/panel.py).
+    var PREFIX = "memguard-data:";
+
+    memguard.renderLogs = function () {
+        ["txt2img", "img2img"].forEach(function (tab) {
+            var log = byId("html_log_" + tab);
+            if (!log) {
+                return;
+            }
+            Array.prototype.forEach.call(log.querySelectorAll("p, div.comments, pre"), function (node) {
+                var text = node.textContent || "";
+                var at = text.indexOf(PREFIX);
+                if (at < 0 || node.dataset.memguardDone === text) {
+                    return;
+                }
+                node.dataset.memguardDone = text;
+                var payload = text.slice(at + PREFIX.length).split("\n")[0];
+                node.textContent = text.slice(0, at).replace(/\s+$/, "");
+                fetch("memguard/v1/panel", {
+                    method: "POST",
+                    headers: {"Content-Type": "application/json"},
+                    body: JSON.stringify({payload: payload, target: tab + "_prompt"}),
+                })
+                    .then(function (response) {
+                        return response.ok ? response.json() : null;
+                    })
+                    .then(function (data) {
+                        if (!data || typeof data.html !== "string") {
+                            return;
+                        }
+                        var host = log.querySelector(".memguard-panel-host") || document.createElement("div");
+                        host.className = "memguard-panel-host";
+                        host.innerHTML = data.html; // server-rendered, every user string escaped there
+                        log.appendChild(host);
+                    })
+                    .catch(function () {});
+            });
+        });
+    };
+
+    if (typeof onUiUpdate === "function") {
+        onUiUpdate(memguard.renderLogs);
+    }
+
     document.addEventListener("keydown", function (event) {
         if (event.key === "Escape") {
             closeMenu();

@@ -8,7 +8,6 @@ seeds; anything malformed gets a 4xx with a message naming the problem. Model ca
 concurrent clients each get their own results.
 """
 
-
 import base64
 import binascii
 import json
@@ -174,6 +173,22 @@ def register_routes(app: Any, service_factory: Callable[[], Service], api_auth: 
     def calibration(service: Service, _data: dict) -> dict:
         return {"model": service.model_id(), "threshold": service.threshold()}
 
+    async def panel(request: Request):
+        """Render the warning panel for a generation's results (pure formatting: no model, no credentials)."""
+        raw = await request.body()
+        try:
+            data = _body(raw)
+            results = json.loads(data.get("payload", "{}")).get("results", [])
+            target = data.get("target") if data.get("target") in ("txt2img_prompt", "img2img_prompt") else None
+            if not isinstance(results, list) or not all(isinstance(r, dict) for r in results):
+                raise BadRequest("'payload' must hold a list of results", 422)
+            from .ui.panel import render_panel
+
+            return JSONResponse({"html": render_panel(results, target)})
+        except (BadRequest, json.JSONDecodeError, AttributeError, KeyError, TypeError, ValueError) as err:
+            return JSONResponse({"error": f"cannot render the panel: {err}"}, 422)
+
+    app.add_api_route(f"{PREFIX}/panel", panel, methods=["POST"])
     app.add_api_route(f"{PREFIX}/version", guarded(version, False), methods=["GET"])
     app.add_api_route(f"{PREFIX}/schema", guarded(schema, False), methods=["GET"])
     app.add_api_route(f"{PREFIX}/score", guarded(score_request, True), methods=["POST"])

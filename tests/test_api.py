@@ -106,3 +106,16 @@ def test_concurrent_clients_get_their_own_results(service):
     assert {p: r[0]["prompt"] for p, r in out.items()} == {p: p for p in out}
     single = c.post(f"{PREFIX}/score", json={"prompts": ["a green cross"]}).json()["results"][0]["score"]
     assert out["a green cross"][0]["score"] == pytest.approx(single)
+
+
+def test_panel_route_renders_escaped_results_without_credentials(service):
+    c = client(service, "alice:secret")
+    payload = {"results": [{"index": 0, "seed": 1, "prompt": "<img src=x onerror=alert(1)>", "score": 2.0,
+                            "threshold": 1.0, "flagged": True, "reason": "", "words": [], "mitigation": None}]}
+    import json as _json
+
+    r = c.post(f"{PREFIX}/panel", json={"payload": _json.dumps(payload), "target": "txt2img_prompt"})
+    assert r.status_code == 200
+    html = r.json()["html"]
+    assert "<img src=x" not in html and "&lt;img src=x onerror=alert(1)&gt;" in html
+    assert c.post(f"{PREFIX}/panel", json={"payload": "not json"}).status_code == 422
