@@ -6,9 +6,17 @@ Everything lives in the ``memguard`` package (``memguard/hosts``); this file onl
 from modules import script_callbacks, shared
 
 from memguard.api import register_routes
-from memguard.hosts import a1111, settings
-from memguard.hosts.a1111_scripts import make_scripts
+from memguard.hosts import a1111, forge, settings
 from memguard.hosts.a1111_service import A1111Service
+
+if forge.is_forge():  # Forge: its modules_forge package imports
+    from memguard.hosts.forge_scripts import make_scripts
+
+    forge.register()
+else:
+    from memguard.hosts.a1111_scripts import make_scripts
+
+    a1111.register()
 
 
 def _tabs():
@@ -21,7 +29,6 @@ def _routes(_demo, app):
     register_routes(app, A1111Service, getattr(shared.cmd_opts, "api_auth", None))
 
 
-a1111.register()
 script_callbacks.on_ui_settings(settings.register)
 script_callbacks.on_ui_tabs(_tabs)
 script_callbacks.on_app_started(_routes)

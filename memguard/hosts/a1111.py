@@ -378,14 +378,26 @@ def _step0_text(p: Any, text: str) -> str:
     return prompt_parser.get_learned_conditioning_prompt_schedules([text], steps)[0][0][1]
 
 
+def text_model() -> Any:
+    """The host's prompt chunker (``process_texts``, ``id_end``): ``shared.sd_model.cond_stage_model`` on A1111; Forge
+    sets that to None and chunks with ``text_processing_engine`` (SD1) or ``text_processing_engine_l`` (SDXL), the
+    same API (``backend/text_processing/classic_engine.py``)."""
+    from modules import shared
+
+    for name in ("cond_stage_model", "text_processing_engine", "text_processing_engine_l"):
+        found = getattr(shared.sd_model, name, None)
+        if found is not None:
+            return found
+    raise RuntimeError("the loaded model has no prompt chunker (cond_stage_model or text_processing_engine)")
+
+
 def host_tokens(text: str, typed: str) -> Tokenized:
     """Pieces of the encoded sub-prompt ``text`` with their conditioning positions and spans in the ``typed`` prompt,
     replayed from the host's own chunking (``process_texts``); token-level only if the replay disagrees."""
-    from modules import shared
 
     from ..tokens import load_tokenizer
 
-    chunks = shared.sd_model.cond_stage_model.process_texts([text])[0][0]
+    chunks = text_model().process_texts([text])[0][0]
     host_ids = [list(c.tokens) for c in chunks]
     tokenizer = _tokenizer_cache.get("t") or _tokenizer_cache.setdefault("t", load_tokenizer())
 
@@ -536,13 +548,13 @@ def _score_after(run: Run, p: Any, x_out: torch.Tensor) -> None:
 
 
 def _keep_ids(p: Any, image: int, row: int, lay: BatchLayout) -> list[int]:
-    from modules import shared
 
     sub = next(k for k, (r, _) in enumerate(lay.cond_rows[image]) if r == row)
     text = encoded_subprompt(p, image, sub)
-    chunks = shared.sd_model.cond_stage_model.process_texts([text])[0][0]
+    chunker = text_model()
+    chunks = chunker.process_texts([text])[0][0]
     ids = [t for c in chunks for t in c.tokens]
-    eos = getattr(shared.sd_model.cond_stage_model, "id_end", 49407)
+    eos = getattr(chunker, "id_end", 49407)
     return _keep_positions(ids, eos)
 
 

@@ -15,9 +15,16 @@ import torch
 from torch import Tensor, nn
 
 from . import MODEL_DIR
-from .data import ATTRIBUTES, parse_attributes
+from .data import parse_attributes
 
-__all__ = ["AttributeClassifier", "attribute_accuracy", "copy_distance", "load_classifier", "parse_attributes"]
+__all__ = [
+    "AttributeClassifier",
+    "attribute_accuracy",
+    "copy_distance",
+    "load_classifier",
+    "parse_attributes",
+    "predict_attributes",
+]
 
 CLASSIFIER_WEIGHTS = "classifier.safetensors"
 CLASSIFIER_CONFIG = "classifier.json"
@@ -106,8 +113,3 @@ def copy_distance(image: Tensor, reference: Tensor, mask: Tensor | None = None) 
         return squared.mean().sqrt().item()
     weights = torch.as_tensor(mask).float().expand_as(squared)
     return ((squared * weights).sum() / weights.sum()).sqrt().item()
-
-
-def attribute_names() -> dict[str, tuple[str, ...]]:
-    """Attributes the grammar describes and their classes (the classifier's label order)."""
-    return dict(ATTRIBUTES)

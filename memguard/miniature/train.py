@@ -5,7 +5,7 @@
 The data are drawn by :mod:`memguard.miniature.data`; the text encoder is a tiny CLIP text model frozen at its
 random initialization (as SD1 froze CLIP; it lets training skip the encoder's backward pass and keeps the empty
 prompt's embedding fixed); the UNet learns epsilon with SD1's noise schedule and 10% caption dropout to "".
-``--minutes`` is a nominal budget turned into a fixed number of steps (``STEPS_PER_MINUTE`` at batch 64 on two
+``--minutes`` is a nominal budget turned into a fixed number of steps (``STEPS_PER_MINUTE`` at batch 32 on two
 CPU cores), never read from a clock, so a seed gives the same model on any machine, however fast.
 """
 
@@ -30,12 +30,14 @@ from . import MODEL_DIR
 from .data import ATTRIBUTES, IMAGE_SIZE, MiniatureData, build, distinctive_words
 from .fidelity import CLASSIFIER_CONFIG, CLASSIFIER_WEIGHTS, AttributeClassifier
 
-STEPS_PER_MINUTE = 150
-BATCH_SIZE = 64
-LEARNING_RATE = 1e-3
+STEPS_PER_MINUTE = 240
+BATCH_SIZE = 32
+LEARNING_RATE = 2e-3
 WARMUP_STEPS = 100
 CAPTION_DROPOUT = 0.1
 TEXT_WIDTH = 64
+TOKEN_SCALE = 1.0
+POSITION_SCALE = 0.3
 SCHEDULE = {
     "num_train_timesteps": 1000,
     "beta_schedule": "scaled_linear",
@@ -80,7 +82,13 @@ def build_unet():
 
 
 def build_text_encoder():
-    """A tiny CLIP text model at random init, its weights rounded to fp16 (the dtype it is shipped in)."""
+    """A tiny CLIP text model at random init, its weights rounded to fp16 (the dtype it is shipped in).
+
+    Token embeddings are drawn at unit scale (positions at 0.3) instead of CLIP's 0.02: at 0.02 the random
+    attention layers swamp them and every position becomes a near-identical average of the words before it, so the
+    states carry almost no word identity; at unit scale each position keeps its token (as a trained CLIP does) and
+    the EOS padding positions summarize the caption.
+    """
     from transformers import CLIPTextConfig, CLIPTextModel
 
     config = CLIPTextConfig(
@@ -98,9 +106,16 @@ def build_text_encoder():
     )
     model = CLIPTextModel(config).eval().requires_grad_(False)
     with torch.no_grad():
+        model.get_input_embeddings().weight.normal_(0.0, TOKEN_SCALE)
+        _position_embedding(model).weight.normal_(0.0, POSITION_SCALE)
         for parameter in model.parameters():
             parameter.copy_(parameter.half().float())
     return model
+
+
+def _position_embedding(model) -> torch.nn.Embedding:
+    """The CLIP text model's position embedding table, wherever the transformers version nests it."""
+    return next(m for name, m in model.named_modules() if name.endswith("position_embedding"))
 
 
 def token_ids(tokenizer, texts: list[str]) -> Tensor:

@@ -1,0 +1,1 @@
+"""Fake ``modules_forge`` package: its presence is how extensions (memguard included) tell Forge from A1111."""

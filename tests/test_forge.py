@@ -1,0 +1,368 @@
+"""memguard's Forge seam driven end to end through the Forge double (``tests/fakeforge``, layered over the A1111
+double): real samplers, Forge's ``sampling_function`` with post-CFG functions, a UNet patcher cloned per pass,
+``forge_objects`` reset every batch, sampling under ``torch.inference_mode()``."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import fakeforge
+import fakehost
+import numpy as np
+import pytest
+import torch
+
+from memguard.hosts import a1111
+
+pytest.importorskip("gradio")
+
+ROOT = Path(__file__).resolve().parents[1]
+GUARD = "Memorization guard"
+needs_text_model = pytest.mark.skipif(
+    not hasattr(a1111, "text_model"),
+    reason="Forge has no cond_stage_model: needs memguard.hosts.a1111.text_model() (the Forge seam's report)",
+)
+
+
+@pytest.fixture(scope="session")
+def model_dir(tiny_dir) -> Path:
+    return Path(os.environ.get("FAKEHOST_MODEL_DIR", tiny_dir))
+
+
+@pytest.fixture
+def host(model_dir):
+    """The Forge double with what ``scripts/memguard.py`` sets up on Forge: the Forge scripts and callback."""
+    fakehost.uninstall()
+    fakeforge.uninstall()
+    fakeforge.install()
+    from memguard.hosts import forge
+    from memguard.hosts.forge_scripts import make_scripts
+
+    h = fakeforge.boot(model_dir, script_classes=list(make_scripts()), api=True)
+    forge.register()
+    from modules import shared
+
+    shared.opts.memguard_threshold = 0.0
+    yield h
+    fakeforge.uninstall()
+
+
+def side() -> int:
+    from modules import shared
+
+    return int(shared.sd_model.memguard_model.unet.config.sample_size)
+
+
+def generate(host, title=None, script_args=None, **fields):
+    defaults = dict(
+        prompt="a red circle",
+        negative_prompt="",
+        steps=4,
+        batch_size=1,
+        width=side(),
+        height=side(),
+        seed=7,
+        sampler_name="Euler",
+    )
+    p = host.txt2img_processing(title, script_args=script_args, **{**defaults, **fields})
+    return host.run_txt2img(p)
+
+
+def data(processed) -> dict:
+    line = next(li for li in processed.comments.splitlines() if li.startswith("memguard-data:"))
+    return json.loads(line[len("memguard-data:") :])
+
+
+def results(processed) -> list[dict]:
+    return sorted(data(processed)["results"], key=lambda r: r["index"])
+
+
+def scores(processed) -> list[float]:
+    return [r["score"] for r in results(processed)]
+
+
+def pixels(processed) -> list[np.ndarray]:
+    return [np.asarray(im) for im in processed.images[processed.index_of_first_image :]]
+
+
+def guard_index() -> int:
+    from modules import scripts
+
+    script = next(s for s in scripts.scripts_txt2img.selectable_scripts if s.title() == GUARD)
+    return script.args_from
+
+
+def set_threshold(value: float) -> None:
+    from modules import shared
+
+    shared.opts.memguard_threshold = value
+
+
+def flag_one(host, batch=4, seed=11):
+    """A plain generation, and a threshold that flags exactly its highest-scoring image (returned)."""
+    plain = generate(host, batch_size=batch, seed=seed)
+    s = scores(plain)
+    ranked = sorted(s)
+    set_threshold((ranked[-1] + ranked[-2]) / 2)
+    return plain, s.index(ranked[-1])
+
+
+def assert_clean():
+    """No memguard patch left on the model: the patcher is Forge's own again, no hooks on the network."""
+    from modules import shared
+
+    objects = shared.sd_model.forge_objects
+    assert objects.unet is shared.sd_model.forge_objects_after_applying_lora.unet
+    assert objects.unet.model_options == {"transformer_options": {}}
+    assert all(not m._forward_hooks and not m._forward_pre_hooks for m in objects.unet.model.modules())
+
+
+def test_host_is_forge(host):
+    from modules import shared
+
+    from memguard.hosts import forge
+
+    assert forge.is_forge() and shared.sd_model.cond_stage_model is None
+
+
+def test_watch_scores_every_image_and_writes_infotext(host):
+    out = generate(host, batch_size=2)
+    res = results(out)
+    assert [r["index"] for r in res] == [0, 1]
+    assert all(r["score"] is not None and r["score"] > 0 for r in res)
+    assert not any(r["extra_pass"] for r in res)  # empty negative prompt: the host's own uncond is e_empty
+    assert "Memguard verdict: uncalibrated" in out.infotexts[0]
+    assert_clean()
+
+
+def test_watch_score_equals_direct_recomputation(host):
+    """Score from Forge's post-CFG predictions == || eps(x_T, c) - eps(x_T, "") || from the bare network."""
+    from modules import script_callbacks, shared
+
+    seen = {}
+
+    def grab(params):
+        if params.denoiser.step == 0:
+            seen["x"], seen["sigma"] = params.x.clone(), params.sigma.clone()
+
+    script_callbacks.on_cfg_denoiser(grab)
+    out = generate(host, batch_size=2, steps=5)
+    assert seen["x"].shape[0] == 2  # Forge hands on_cfg_denoiser one row per image
+    unet = shared.sd_model.memguard_model.unet
+    log_sigmas = (((1 - shared.sd_model.alphas_cumprod) / shared.sd_model.alphas_cumprod) ** 0.5).log()
+    sigma = seen["sigma"]
+    t = (sigma.log()[:, None] - log_sigmas[None]).abs().argmin(dim=1).float()
+    x = seen["x"] / (sigma**2 + 1).sqrt()[:, None, None, None]
+    cond = shared.sd_model.get_learned_conditioning(["a red circle"] * 2)
+    empty = shared.sd_model.get_learned_conditioning([""] * 2)
+    with torch.no_grad():
+        d = (unet(x, t, encoder_hidden_states=cond).sample - unet(x, t, encoder_hidden_states=empty).sample).flatten(1)
+    assert scores(out) == pytest.approx(d.norm(dim=1).tolist(), rel=1e-4)
+
+
+def test_negative_prompt_and_skip_early_cond_use_empty_reference(host):
+    from modules import shared
+
+    base = scores(generate(host))[0]
+    neg = results(generate(host, negative_prompt="blurry, dark"))[0]
+    assert neg["extra_pass"] and neg["score"] == pytest.approx(base, rel=1e-4)
+    shared.opts.skip_early_cond = 0.2  # scale 1 at the first step: Forge leaves its uncond out
+    skipped = results(generate(host))[0]
+    assert skipped["extra_pass"] and skipped["score"] == pytest.approx(base, rel=1e-4)
+
+
+def test_and_prompt_scores_every_part(host):
+    res = results(generate(host, prompt="a red circle AND a blue square"))[0]
+    assert len(res["sub_scores"]) == 2 and res["score"] == pytest.approx(max(res["sub_scores"]))
+    single = scores(generate(host, prompt="a blue square"))[0]
+    assert res["sub_scores"][1] == pytest.approx(single, rel=1e-4)
+
+
+@pytest.mark.parametrize("fields", [{}, {"negative_prompt": "blurry"}, {"cfg_scale": 1.0}])
+def test_watching_does_not_change_images(host, fields):
+    from modules import shared
+
+    watched = generate(host, batch_size=2, sampler_name="Euler a", **fields)
+    assert scores(watched)[0] is not None
+    shared.opts.memguard_watch = False
+    plain = generate(host, batch_size=2, sampler_name="Euler a", **fields)
+    assert "memguard-data" not in plain.comments
+    for a, b in zip(pixels(watched), pixels(plain)):
+        assert np.array_equal(a, b)
+
+
+@needs_text_model
+def test_flagged_image_is_explained_on_the_typed_words(host):
+    prompt = "a (red:1.2) circle AND a blue square"
+    set_threshold(scores(generate(host, prompt=prompt))[0] * 0.5)
+    out = generate(host, prompt=prompt)
+    result = results(out)[0]
+    assert result["flagged"] and result["words"]
+    for w in result["words"]:
+        assert prompt[w["start"] : w["end"]] == w["text"]
+    assert "may reproduce a training image" in out.comments
+
+
+@needs_text_model
+@pytest.mark.parametrize("strategy", ["attention", "guidance", "embedding"])
+def test_guard_mitigates_only_the_flagged_image(host, strategy):
+    plain, flagged = flag_one(host)
+    guarded = generate(host, GUARD, {guard_index(): strategy}, batch_size=4, seed=11)
+    res = results(guarded)
+    assert [r["flagged"] for r in res] == [i == flagged for i in range(4)]
+    report = res[flagged]["mitigation"]
+    assert report["strategy"] == strategy and report["score_after"] is not None
+    if strategy == "embedding":  # works on the double: its weights are ordinary tensors
+        assert report["score_after"] < report["score_before"]
+    if strategy == "attention":
+        assert report["score_after"] != report["score_before"]  # the first step was recomputed under the edit
+    for i, (a, b) in enumerate(zip(pixels(guarded), pixels(plain))):
+        assert np.array_equal(a, b) == (i != flagged)
+    assert "Memguard strategy: " + strategy in guarded.infotexts[flagged]
+    assert_clean()
+
+
+@needs_text_model
+def test_attention_edit_reaches_the_flagged_rows_only(host, monkeypatch):
+    """The replace patch edits the cond row of the flagged image in every cross-attention call, nothing else."""
+    from memguard.hosts import forge
+
+    _, flagged = flag_one(host)
+    calls = []
+    original = forge.Pass._edited_rows
+
+    def spy(self, extra, batch, length):
+        groups = original(self, extra, batch, length)
+        calls.append((list(extra["cond_or_uncond"]), sorted(r for rows in groups.values() for r in rows)))
+        return groups
+
+    monkeypatch.setattr(forge.Pass, "_edited_rows", spy)
+    generate(host, GUARD, {guard_index(): "attention"}, batch_size=4, seed=11)
+    host_calls = [c for c in calls if len(c[0]) == 2]
+    assert host_calls and all(rows == [4 * marks.index(0) + flagged] for marks, rows in host_calls)
+
+
+@needs_text_model
+def test_attention_edit_equals_the_a1111_hooks_on_the_bare_network(host):
+    """Forge's replace patch gives the flagged image the same first-step d as memguard's A1111 implementation of Ren
+    et al.'s edit (``mitigate.attention.rescaled_attention``: BOS key scaled, padding keys dropped)."""
+    from modules import script_callbacks, shared
+
+    from memguard.mitigate import AttentionEdit
+    from memguard.mitigate.attention import cross_attention_modules, rescaled_attention
+
+    set_threshold(1e-6)
+    seen = {}
+    script_callbacks.on_cfg_denoiser(lambda params: seen.setdefault("x", (params.x.clone(), params.sigma.clone())))
+    prompt = "a red circle"
+    out = generate(host, GUARD, {guard_index(): "attention"}, prompt=prompt)
+    x, sigma = seen["x"]
+    unet = shared.sd_model.memguard_model.unet
+    log_sigmas = (((1 - shared.sd_model.alphas_cumprod) / shared.sd_model.alphas_cumprod) ** 0.5).log()
+    t = (sigma.log()[:, None] - log_sigmas[None]).abs().argmin(dim=1).float()
+    x = x / (sigma**2 + 1).sqrt()[:, None, None, None]
+    engine = shared.sd_model.text_processing_engine
+    ids = [i for chunk in engine.process_texts([prompt])[0][0] for i in chunk.tokens]
+    keep = a1111._keep_positions(ids, engine.id_end)
+    cond = shared.sd_model.get_learned_conditioning([prompt])
+    empty = shared.sd_model.get_learned_conditioning([""])
+    with torch.no_grad():
+        with rescaled_attention(cross_attention_modules(unet), [0], [keep], AttentionEdit(), batch=1):
+            edited = unet(x, t, encoder_hidden_states=cond).sample
+        d = float((edited - unet(x, t, encoder_hidden_states=empty).sample).norm())
+    assert results(out)[0]["mitigation"]["score_after"] == pytest.approx(d, rel=1e-4)
+
+
+@needs_text_model
+def test_embedding_falls_back_to_attention_when_forge_weights_are_inference_tensors(host):
+    """Forge moves weights to the GPU inside inference mode; backward through them raises. Simulated here."""
+    from modules import shared
+
+    plain, flagged = flag_one(host)
+    with torch.inference_mode():
+        for param in shared.sd_model.forge_objects.unet.model.parameters():
+            param.data = param.data.clone()
+    guarded = generate(host, GUARD, {guard_index(): "embedding"}, batch_size=4, seed=11)
+    report = results(guarded)[flagged]["mitigation"]
+    assert report["strategy"] == "attention"
+    assert "embedding optimization is unavailable on Forge" in report["notes"][0]
+    assert "embedding optimization is unavailable on Forge" in guarded.comments
+    for i, (a, b) in enumerate(zip(pixels(guarded), pixels(plain))):
+        assert np.array_equal(a, b) == (i != flagged)
+
+
+@needs_text_model
+def test_auto_mitigation_in_a_batch_of_two_iterations(host):
+    set_threshold(1e-6)
+    out = generate(host, GUARD, {guard_index(): "auto"}, batch_size=2, n_iter=2)
+    res = results(out)
+    assert [r["index"] for r in res] == [0, 1, 2, 3]
+    assert all(r["mitigation"]["strategy"] == "embedding+guidance" for r in res)
+    assert_clean()
+
+
+def test_hires_pass_is_not_scored_again(host):
+    out = generate(host, batch_size=2, enable_hr=True, hr_scale=2, hr_upscaler="Latent", denoising_strength=0.5)
+    assert [r["index"] for r in results(out)] == [0, 1]
+
+
+def test_two_chunk_prompt_and_batches(host):
+    long = ", ".join(f"word{i}" for i in range(60))
+    out = generate(host, prompt=long, n_iter=2, batch_size=2)
+    assert [r["index"] for r in results(out)] == [0, 1, 2, 3]
+    assert all(r["prompt"] == long and r["score"] for r in results(out))
+
+
+def test_failure_inside_memguard_leaves_generation_alone(host, monkeypatch):
+    plain = generate(host, batch_size=2)
+
+    def boom(*a, **k):
+        raise RuntimeError("injected")
+
+    monkeypatch.setattr(a1111, "_record", boom)
+    out = generate(host, batch_size=2)
+    assert "memguard could not score this generation: scoring: RuntimeError: injected" in out.comments
+    for a, b in zip(pixels(out), pixels(plain)):
+        assert np.array_equal(a, b)
+    assert_clean()
+
+
+@needs_text_model
+def test_failing_attention_edit_is_dropped_and_sampling_goes_on(host, monkeypatch):
+    from memguard.hosts import forge
+
+    set_threshold(1e-6)
+
+    def boom(*a, **k):
+        raise RuntimeError("injected")
+
+    monkeypatch.setattr(forge.Pass, "_edited_rows", boom)
+    out = generate(host, GUARD, {guard_index(): "attention"}, batch_size=2)
+    assert "attention edit: RuntimeError: injected" in out.comments
+    assert len(pixels(out)) == 2
+
+
+def test_without_memguard_nothing_is_patched(host):
+    from modules import shared
+
+    shared.opts.memguard_watch = False
+    generate(host)
+    assert shared.sd_model.forge_objects.unet.model_options == {"transformer_options": {}}
+
+
+@pytest.mark.skipif(
+    "forge" not in (ROOT / "scripts" / "memguard.py").read_text(), reason="scripts/memguard.py not Forge-aware yet"
+)
+def test_the_extension_entry_loads_the_forge_scripts(model_dir):
+    fakehost.uninstall()
+    fakeforge.uninstall()
+    try:
+        fakeforge.boot(model_dir, extension_dirs=[str(ROOT)])
+        from modules import scripts
+
+        watch = next(s for s in scripts.scripts_txt2img.alwayson_scripts if s.title() == "memguard")
+        assert "forge" in type(watch).process_before_every_sampling.__module__
+    finally:
+        fakeforge.uninstall()
