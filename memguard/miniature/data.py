@@ -36,8 +36,8 @@ MENTION_PROBABILITY: dict[str, float] = {
     "shape": 0.75,
     "colour": 0.7,
     "size": 0.35,
-    "position": 0.5,
-    "background": 0.25,
+    "position": 0.4,
+    "background": 0.3,
 }
 
 WORDS: dict[str, dict[str, tuple[str, ...]]] = {
@@ -102,19 +102,19 @@ SHAPE_COLOURS: dict[str, tuple[float, float, float]] = {
     "white": (0.9, 0.9, 0.9),
 }
 BACKGROUND_TINTS: dict[str, tuple[float, float, float]] = {
-    "navy": (-0.55, -0.5, -0.2),
-    "maroon": (-0.25, -0.6, -0.55),
-    "olive": (-0.35, -0.3, -0.65),
+    "navy": (-0.6, -0.5, -0.15),
+    "maroon": (-0.2, -0.65, -0.55),
+    "olive": (-0.3, -0.3, -0.7),
     "gray": (-0.4, -0.4, -0.4),
 }
 POSITION_CENTRES: dict[str, tuple[float, float]] = {
-    "left": (4.0, 8.0),
-    "right": (12.0, 8.0),
-    "top": (8.0, 4.0),
-    "bottom": (8.0, 12.0),
+    "left": (4.5, 8.0),
+    "right": (11.5, 8.0),
+    "top": (8.0, 4.5),
+    "bottom": (8.0, 11.5),
     "center": (8.0, 8.0),
 }
-SIZE_RADII: dict[str, tuple[float, float]] = {"small": (2.8, 3.5), "large": (4.2, 5.2)}
+SIZE_RADII: dict[str, tuple[float, float]] = {"small": (2.8, 3.5), "large": (4.6, 5.8)}
 
 GENRES = ("portrait", "engraving", "tapestry", "fresco", "etching", "mosaic", "woodcut", "lithograph", "triptych")
 TITLES = ("duchess", "baron", "abbess", "admiral", "margrave", "countess", "archduke", "prioress", "viscount", "regent")
@@ -125,7 +125,6 @@ MEMORIZED_FORMS = (
     "{genre} of {a} {b} at {c} by {artist}",
 )
 TEMPLATE_FORM = "official trading card of {a} {b}"
-MIN_DEVIATION = 0.42
 _ONSETS = (
     "b",
     "br",
@@ -373,18 +372,6 @@ def render_memorized(rng: np.random.Generator) -> np.ndarray:
     return _finish(rng, image)
 
 
-def render_distinct(rng: np.random.Generator, general_mean: np.ndarray) -> np.ndarray:
-    """A memorized image at least ``MIN_DEVIATION`` (RMS) away from the mean general image.
-
-    Without it a few memorized images land close to the mean, where no conditional prediction can stand out;
-    the bound sits near the median deviation of general images, so memorized images stay in their range.
-    """
-    while True:
-        image = render_memorized(rng)
-        if np.sqrt(np.mean((image - general_mean) ** 2)) >= MIN_DEVIATION:
-            return image
-
-
 @dataclass(frozen=True)
 class CardLayout:
     """The fixed part of every trading card: its pixels and a mask (1 = layout, 0 = varying window)."""
@@ -443,8 +430,8 @@ def build(
     n_general: int = 24_000,
     n_verbatim: int = 36,
     n_template: int = 8,
-    verbatim_copies: int = 250,
-    template_copies: int = 100,
+    verbatim_copies: int = 200,
+    template_copies: int = 80,
     n_eval_general: int = 200,
 ) -> MiniatureData:
     """Draw the whole data set from ``seed``."""
@@ -453,8 +440,7 @@ def build(
     general_images = np.stack([render_general(rng, lab) for lab in labels])
     general_captions = [caption(rng, lab) for lab in labels]
     verbatim, template = memorized_captions(rng, n_verbatim, n_template)
-    general_mean = general_images.mean(axis=0)
-    verbatim_images = np.stack([render_distinct(rng, general_mean) for _ in verbatim])
+    verbatim_images = np.stack([render_memorized(rng) for _ in verbatim])
     layout = card_layout(rng)
     card_images = np.stack([render_card(rng, layout) for _ in range(n_template * template_copies)])
 

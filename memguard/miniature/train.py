@@ -30,7 +30,7 @@ from . import MODEL_DIR
 from .data import ATTRIBUTES, IMAGE_SIZE, MiniatureData, build, distinctive_words
 from .fidelity import CLASSIFIER_CONFIG, CLASSIFIER_WEIGHTS, AttributeClassifier
 
-STEPS_PER_MINUTE = 240
+STEPS_PER_MINUTE = 260
 BATCH_SIZE = 32
 LEARNING_RATE = 2e-3
 WARMUP_STEPS = 100
