@@ -26,6 +26,7 @@ bench: $(VENV)/.installed
 	$(PY) bench/explanation.py
 	$(PY) bench/mitigation.py
 	$(PY) bench/throughput.py
+	$(PY) bench/watch_overhead.py
 
 clean:
 	rm -rf $(VENV) out

@@ -154,7 +154,9 @@ _CODAS = ("", "", "", "n", "r", "l", "s", "nd", "rk", "st", "x", "th")
 TEMPLATE_WINDOW = (slice(4, 13), slice(1, 15))
 """Rows and columns of a trading card that change between duplicates; the rest is the fixed layout."""
 
-_YY, _XX = np.mgrid[0:IMAGE_SIZE, 0:IMAGE_SIZE].astype(np.float32) + 0.5
+# float64 pixel grid: the arithmetic (and so the data and the trained weights) is then identical under NumPy 1 and
+# NumPy 2 promotion rules, which otherwise differ for float32 arrays times NumPy float64 scalars.
+_YY, _XX = np.mgrid[0:IMAGE_SIZE, 0:IMAGE_SIZE].astype(np.float64) + 0.5
 
 
 def general_vocabulary() -> set[str]:
