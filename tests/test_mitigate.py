@@ -435,3 +435,15 @@ def test_merge():
     assert r.strategy == "a+b" and r.score_before == 2.0 and r.iterations == 4
     assert r.unet_forwards == 4 and r.unet_backwards == 2 and r.unet_equivalents == 8
     assert m.attention == AttentionEdit() and m.guidance == ["g"]
+
+
+def test_auto_keeps_the_optimized_embedding_and_adds_the_guidance_schedule(tiny):
+    from memguard.mitigate import Auto
+    from memguard.pipeline import sample
+
+    plain = sample(tiny, "a red circle", [0], steps=6, threshold=None)[0]
+    gen = sample(tiny, "a red circle", [0], steps=6, threshold=plain.detection.score / 2, strategy=Auto())[0]
+    report = gen.mitigation
+    assert report.strategy == "embedding+guidance"
+    assert report.score_after < report.score_before
+    assert report.iterations > 0

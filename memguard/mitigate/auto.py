@@ -8,7 +8,7 @@ model's trade-off curves (``bench/mitigation.py``; README, Results).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from .attention import Attention
 from .base import Case, Intervention, merge
@@ -26,4 +26,4 @@ class Auto:
 
     def __call__(self, case: Case) -> Intervention:
         first = self.embedding(case) if self.gradients else self.attention(case)
-        return merge(first, self.guidance(case))
+        return merge(first, self.guidance(replace(case, cond=first.cond)))

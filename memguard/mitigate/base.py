@@ -87,7 +87,7 @@ class Strategy(Protocol):
 
 
 def merge(first: Intervention, second: Intervention) -> Intervention:
-    """Combine two interventions on the same images (the second one's conditioning wins)."""
+    """Combine two interventions on the same images; the second was computed on the first's conditioning."""
     reports = []
     for a, b in zip(first.reports, second.reports):
         reports.append(
