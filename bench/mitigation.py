@@ -67,7 +67,7 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=4)
     ap.add_argument("--general", type=int, default=64)
     ap.add_argument("--steps", type=int, default=STEPS, help="DDIM steps (default 50)")
-    ap.add_argument("--quick", action="store_true", help="fewer knob values (the sweep's ends and auto)")
+    ap.add_argument("--auto-only", action="store_true", help="only the unmitigated and the gated auto rows")
     args = ap.parse_args()
     STEPS = args.steps
     model = setup()
@@ -105,7 +105,7 @@ def main() -> None:
             [(t, Guidance(mode="static", before=-2.0, switch_t=t)) for t in (500, 700)],
         ),
     ]
-    for name, knob, variants in sweeps:
+    for name, knob, variants in [] if args.auto_only else sweeps:
         for value, strategy in variants:
             rows.append(
                 evaluate(

@@ -51,6 +51,25 @@ def verdict(scores: Sequence[float | None], threshold: float | None) -> tuple[fl
     return mean, bool(mean is not None and threshold is not None and mean > threshold)
 
 
+def result(prompt: str, scores: Sequence[float | None], threshold: float | None, **extra) -> dict:
+    """The dict every service returns for one prompt: per-seed scores, their mean and the verdict."""
+    mean, flagged = verdict(scores, threshold)
+    return {
+        "prompt": prompt,
+        "scores": list(scores),
+        "score": mean,
+        "threshold": threshold,
+        "flagged": flagged,
+        **extra,
+    }
+
+
+def calibration_from(service: Service, prompts: Sequence[str], fpr: float, **meta) -> tuple[Calibration, list]:
+    """Score ``prompts`` as benign with one seed and derive the threshold at ``fpr``."""
+    scores = [r["score"] for r in service.audit(prompts, [0]) if r["score"] is not None]
+    return Calibration.from_scores(scores, fpr, **meta), scores
+
+
 @dataclass
 class PipelineService:
     """:class:`Service` over a :class:`memguard.pipeline.Model` and a calibration store."""
@@ -70,34 +89,18 @@ class PipelineService:
     def analyze(self, prompt: str, seeds: Sequence[int]) -> dict:
         from .pipeline import explain_prompt, score
 
-        tau = self.threshold()
         scores = [d.score for d in score(self.model, prompt, list(seeds), steps=self.steps, guidance=self.guidance)]
-        mean, flagged = verdict(scores, tau)
         expl = explain_prompt(self.model, prompt, list(seeds), steps=self.steps, guidance=self.guidance)
-        return {
-            "prompt": prompt,
-            "scores": scores,
-            "score": mean,
-            "threshold": tau,
-            "flagged": flagged,
-            **expl.to_dict(),
-        }
+        return result(prompt, scores, self.threshold(), **expl.to_dict())
 
     def audit(self, prompts: Sequence[str], seeds: Sequence[int]) -> list[dict]:
         from .pipeline import score_prompts
 
         tau = self.threshold()
-        out = []
         per_prompt = score_prompts(self.model, list(prompts), list(seeds), steps=self.steps, guidance=self.guidance)
-        for prompt, dets in zip(prompts, per_prompt):
-            scores = [d.score for d in dets]
-            mean, flagged = verdict(scores, tau)
-            out.append({"prompt": prompt, "scores": scores, "score": mean, "flagged": flagged, "threshold": tau})
-        return out
+        return [result(prompt, [d.score for d in dets], tau) for prompt, dets in zip(prompts, per_prompt)]
 
     def calibrate(self, prompts: Sequence[str], fpr: float) -> dict:
-        rows = self.audit(prompts, [0])
-        scores = [r["score"] for r in rows if r["score"] is not None]
-        calibration = Calibration.from_scores(scores, fpr)
+        calibration, scores = calibration_from(self, prompts, fpr)
         self.store.put(self.model.model_hash, calibration)
         return {"threshold": calibration.threshold, "fpr": fpr, "n": len(scores), "scores": scores}

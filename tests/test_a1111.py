@@ -232,3 +232,19 @@ def test_no_state_or_callbacks_accumulate(host):
     assert not hasattr(out, "_memguard_run")
     if before is not None:
         assert script_callbacks.count_callbacks() == before
+
+
+def test_tab_service_scores_explains_and_calibrates_the_loaded_checkpoint(host):
+    from memguard.hosts import a1111
+    from memguard.hosts.a1111_service import A1111Service
+
+    service = A1111Service()
+    prompt = "a (red:1.1) circle AND a blue square"
+    analyzed = service.analyze(prompt, [0, 1])
+    assert len(analyzed["scores"]) == 2 and analyzed["threshold"] is None
+    assert analyzed["words"] and all(prompt[w["start"] : w["end"]] == w["text"] for w in analyzed["words"])
+    rows = service.audit(["a red circle", "a blue square"], [0])
+    assert [r["prompt"] for r in rows] == ["a red circle", "a blue square"]
+    calibrated = service.calibrate([f"a shape {i}" for i in range(10)], 0.1)
+    assert a1111.current_threshold()[0] == pytest.approx(calibrated["threshold"])
+    assert service.threshold() == pytest.approx(calibrated["threshold"])

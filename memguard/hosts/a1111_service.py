@@ -19,10 +19,9 @@ import torch
 
 from .. import prompt_syntax
 from ..algebra import eps_from_v
-from ..calibrate import Calibration
 from ..detect import wen_norm
 from ..explain import explain, token_gradients
-from ..service import verdict
+from ..service import calibration_from, result
 from . import a1111
 
 T_FIRST = 999
@@ -97,36 +96,23 @@ class A1111Service:
             if best is None or mean > best[0]:
                 best = (mean, text, scores, cond, x, eps_e)
         _, text, scores, cond, x, eps_e = best
-        mean, flagged = verdict(scores, tau)
 
         def eps_model(xx: torch.Tensor, crossattn: torch.Tensor) -> torch.Tensor:
             return self._eps(xx, a1111._with_crossattn(cond, crossattn))
 
         with torch.enable_grad():
             grads = token_gradients(eps_model, x, a1111._crossattn(cond), eps_e)
-        expl = explain(a1111.host_tokens(text, prompt), grads)
-        return {
-            "prompt": prompt,
-            "scores": scores,
-            "score": mean,
-            "threshold": tau,
-            "flagged": flagged,
-            **expl.to_dict(),
-        }
+        return result(prompt, scores, tau, **explain(a1111.host_tokens(text, prompt), grads).to_dict())
 
     def audit(self, prompts: Sequence[str], seeds: Sequence[int]) -> list[dict]:
         tau = self.threshold()
         out = []
         for prompt in prompts:
             per_part = [self._scores(text, seeds)[0] for text in self._subprompts(prompt)]
-            scores = max(per_part, key=statistics.fmean)
-            mean, flagged = verdict(scores, tau)
-            out.append({"prompt": prompt, "scores": scores, "score": mean, "flagged": flagged, "threshold": tau})
+            out.append(result(prompt, max(per_part, key=statistics.fmean), tau))
         return out
 
     def calibrate(self, prompts: Sequence[str], fpr: float) -> dict:
-        rows = self.audit(prompts, [0])
-        scores = [r["score"] for r in rows if r["score"] is not None]
-        calibration = Calibration.from_scores(scores, fpr, sampler="k-diffusion first step (t=999)")
+        calibration, scores = calibration_from(self, prompts, fpr, sampler="k-diffusion first step (t=999)")
         a1111.store().put(self.model_id(), calibration)
         return {"threshold": calibration.threshold, "fpr": fpr, "n": len(scores), "scores": scores}

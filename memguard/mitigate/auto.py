@@ -19,7 +19,7 @@ from .guidance import Guidance
 @dataclass
 class Auto:
     gradients: bool = True
-    embedding: Embedding = field(default_factory=lambda: Embedding(max_iters=20, target_ratio=0.5))
+    embedding: Embedding = field(default_factory=lambda: Embedding(max_iters=20, target_ratio=0.25))
     attention: Attention = field(default_factory=Attention)
     guidance: Guidance = field(default_factory=Guidance)
     name: str = "auto"
