@@ -21,21 +21,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from memguard.miniature.train import DDIM_CONFIG  # noqa: E402
 from memguard.mitigate import Attention, Embedding, Guidance  # noqa: E402
 from memguard.pipeline import Model, explain_prompt, sample, score  # noqa: E402
 from memguard.tokens import load_tokenizer  # noqa: E402
 
 PROMPT = "a watercolor painting of a lighthouse on a cliff at dusk"
-SCHEDULER = {
-    "num_train_timesteps": 1000,
-    "beta_schedule": "scaled_linear",
-    "beta_start": 0.00085,
-    "beta_end": 0.012,
-    "steps_offset": 1,
-    "clip_sample": False,
-    "set_alpha_to_one": False,
-    "prediction_type": "epsilon",
-}
+SCHEDULER = DDIM_CONFIG  # SD1's DDIM configuration
 
 
 def sd15(latent: int) -> Model:

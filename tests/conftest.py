@@ -8,20 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from memguard.miniature.train import DDIM_CONFIG
 from memguard.tokens import write_tokenizer_files
 
-SCHEDULER = {
-    "_class_name": "DDIMScheduler",
-    "num_train_timesteps": 1000,
-    "beta_schedule": "scaled_linear",
-    "beta_start": 0.00085,
-    "beta_end": 0.012,
-    "steps_offset": 1,
-    "clip_sample": False,
-    "set_alpha_to_one": False,
-    "prediction_type": "epsilon",
-    "timestep_spacing": "leading",
-}
+SCHEDULER = {"_class_name": "DDIMScheduler", **DDIM_CONFIG}  # SD1's DDIM configuration
 
 
 def build_tiny_model(path: Path, prediction_type: str = "epsilon", seed: int = 0) -> Path:

@@ -11,11 +11,11 @@ import fakehost
 import numpy as np
 import pytest
 import torch
+from webui_helpers import GUARD, data, generate, guard_index, pixels, scores, set_threshold, side
 
 pytest.importorskip("gradio")
 
 ROOT = Path(__file__).resolve().parents[1]
-GUARD = "Memorization guard"
 
 
 @pytest.fixture(scope="session")
@@ -32,54 +32,6 @@ def host(model_dir, tmp_path):
     shared.opts.memguard_threshold = 0.0
     yield h
     fakehost.uninstall()
-
-
-def side() -> int:
-    from modules import shared
-
-    return int(shared.sd_model.model.diffusion_model.config.sample_size)
-
-
-def generate(host, title=None, script_args=None, **fields):
-    defaults = dict(
-        prompt="a red circle",
-        negative_prompt="",
-        steps=4,
-        batch_size=1,
-        width=side(),
-        height=side(),
-        seed=7,
-        sampler_name="Euler",
-    )
-    p = host.txt2img_processing(title, script_args=script_args, **{**defaults, **fields})
-    return host.run_txt2img(p)
-
-
-def data(processed) -> dict:
-    line = next(li for li in processed.comments.splitlines() if li.startswith("memguard-data:"))
-    return json.loads(line[len("memguard-data:") :])
-
-
-def pixels(processed) -> list[np.ndarray]:
-    images = processed.images[processed.index_of_first_image :]
-    return [np.asarray(im) for im in images]
-
-
-def scores(processed) -> list[float]:
-    return [r["score"] for r in sorted(data(processed)["results"], key=lambda r: r["index"])]
-
-
-def guard_index() -> int:
-    from modules import scripts
-
-    script = next(s for s in scripts.scripts_txt2img.selectable_scripts if s.title() == GUARD)
-    return script.args_from
-
-
-def set_threshold(value: float) -> None:
-    from modules import shared
-
-    shared.opts.memguard_threshold = value
 
 
 def test_watch_scores_every_image_and_writes_infotext(host):

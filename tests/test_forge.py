@@ -4,7 +4,6 @@ double): real samplers, Forge's ``sampling_function`` with post-CFG functions, a
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -13,13 +12,13 @@ import fakehost
 import numpy as np
 import pytest
 import torch
+from webui_helpers import GUARD, generate, guard_index, pixels, results, scores, set_threshold
 
 from memguard.hosts import a1111
 
 pytest.importorskip("gradio")
 
 ROOT = Path(__file__).resolve().parents[1]
-GUARD = "Memorization guard"
 needs_text_model = pytest.mark.skipif(
     not hasattr(a1111, "text_model"),
     reason="Forge has no cond_stage_model: needs memguard.hosts.a1111.text_model() (the Forge seam's report)",
@@ -47,57 +46,6 @@ def host(model_dir):
     shared.opts.memguard_threshold = 0.0
     yield h
     fakeforge.uninstall()
-
-
-def side() -> int:
-    from modules import shared
-
-    return int(shared.sd_model.memguard_model.unet.config.sample_size)
-
-
-def generate(host, title=None, script_args=None, **fields):
-    defaults = dict(
-        prompt="a red circle",
-        negative_prompt="",
-        steps=4,
-        batch_size=1,
-        width=side(),
-        height=side(),
-        seed=7,
-        sampler_name="Euler",
-    )
-    p = host.txt2img_processing(title, script_args=script_args, **{**defaults, **fields})
-    return host.run_txt2img(p)
-
-
-def data(processed) -> dict:
-    line = next(li for li in processed.comments.splitlines() if li.startswith("memguard-data:"))
-    return json.loads(line[len("memguard-data:") :])
-
-
-def results(processed) -> list[dict]:
-    return sorted(data(processed)["results"], key=lambda r: r["index"])
-
-
-def scores(processed) -> list[float]:
-    return [r["score"] for r in results(processed)]
-
-
-def pixels(processed) -> list[np.ndarray]:
-    return [np.asarray(im) for im in processed.images[processed.index_of_first_image :]]
-
-
-def guard_index() -> int:
-    from modules import scripts
-
-    script = next(s for s in scripts.scripts_txt2img.selectable_scripts if s.title() == GUARD)
-    return script.args_from
-
-
-def set_threshold(value: float) -> None:
-    from modules import shared
-
-    shared.opts.memguard_threshold = value
 
 
 def flag_one(host, batch=4, seed=11):

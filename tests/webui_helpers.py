@@ -1,0 +1,64 @@
+"""Helpers shared by the tests that drive memguard through a fake WebUI host (A1111 and Forge doubles)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+GUARD = "Memorization guard"
+
+
+def side() -> int:
+    """Sample size of the loaded model (pixel space: width = height = this)."""
+    from modules import shared
+
+    return int(shared.sd_model.memguard_model.unet.config.sample_size)
+
+
+def generate(host, title=None, script_args=None, **fields):
+    """Run one txt2img job the way the UI submits it; ``title`` selects a dropdown script."""
+    defaults = dict(
+        prompt="a red circle",
+        negative_prompt="",
+        steps=4,
+        batch_size=1,
+        width=side(),
+        height=side(),
+        seed=7,
+        sampler_name="Euler",
+    )
+    p = host.txt2img_processing(title, script_args=script_args, **{**defaults, **fields})
+    return host.run_txt2img(p)
+
+
+def data(processed) -> dict:
+    """memguard's machine-readable log line of a generation."""
+    line = next(li for li in processed.comments.splitlines() if li.startswith("memguard-data:"))
+    return json.loads(line[len("memguard-data:") :])
+
+
+def results(processed) -> list[dict]:
+    return sorted(data(processed)["results"], key=lambda r: r["index"])
+
+
+def scores(processed) -> list[float]:
+    return [r["score"] for r in results(processed)]
+
+
+def pixels(processed) -> list[np.ndarray]:
+    return [np.asarray(im) for im in processed.images[processed.index_of_first_image :]]
+
+
+def guard_index() -> int:
+    """First argument index of the Memorization guard dropdown script."""
+    from modules import scripts
+
+    script = next(s for s in scripts.scripts_txt2img.selectable_scripts if s.title() == GUARD)
+    return script.args_from
+
+
+def set_threshold(value: float) -> None:
+    from modules import shared
+
+    shared.opts.memguard_threshold = value
