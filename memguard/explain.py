@@ -12,6 +12,10 @@ gradient flows through the UNet only.
 Deliberate choice (the methods dossier, Sec. 1.6 item 7): Wen's released code scores tokens on a trajectory sampled
 with reversed guidance; memguard scores under the normal CFG trajectory the user actually samples, at the first step
 by default (``x_T``, where memorization is decided). The loss magnitude is the same either way.
+
+Where the host's weights cannot take part in a backward pass (Forge builds them under ``torch.inference_mode()``),
+:func:`token_occlusion` is the gradient-free stand-in: how much ``d`` drops when one token's embedding is replaced
+by the empty prompt's embedding at the same position (one UNet row per token and seed, no gradients).
 """
 
 from __future__ import annotations
@@ -38,6 +42,60 @@ def token_gradients(eps_model: EpsModel, x: torch.Tensor, cond: torch.Tensor, ep
         loss = delta.flatten(1).norm(dim=1).sum()
         (grad,) = torch.autograd.grad(loss, e)
     return grad.float().norm(dim=-1).mean(dim=0).detach()
+
+
+def token_occlusion(
+    eps_model: EpsModel,
+    x: torch.Tensor,
+    cond: torch.Tensor,
+    eps_empty: torch.Tensor,
+    empty: torch.Tensor,
+    positions: Sequence[int],
+    rows_per_call: int = 16,
+) -> torch.Tensor:
+    """Per-position drop of ``d`` when that position's embedding is swapped for the empty prompt's, averaged over
+    the rows ``j``, clamped at 0 (a token whose removal raises ``d`` does not drive it); shape ``(L,)``, zero at
+    positions not in ``positions``.
+
+    ``s_i = mean_j max(0, d_j(e) - d_j(e with e_i := e_empty,i))``, ``d_j(e) = ||eps(x_T^j, e) - eps(x_T^j, "")||_2``
+    (Wen et al. 2024, Sec. 3.1), with ``empty`` the empty prompt's embedding ``(1 or n, L, C)``. Costs
+    ``len(positions) * n`` UNet rows, in calls of at most ``rows_per_call`` rows.
+    """
+    n, length = cond.shape[0], cond.shape[1]
+    with torch.no_grad():
+        full = (eps_model(x, cond).float() - eps_empty.float()).flatten(1).norm(dim=1)
+        jobs = [(p, j) for p in positions for j in range(n)]
+        drops = torch.zeros(length, dtype=torch.float32)
+        for start in range(0, len(jobs), rows_per_call):
+            part = jobs[start : start + rows_per_call]
+            rows = [j for _, j in part]
+            occluded = cond[rows].clone()
+            for k, (p, j) in enumerate(part):
+                occluded[k, p] = empty[min(j, empty.shape[0] - 1), p]
+            d = (eps_model(x[rows], occluded).float() - eps_empty[rows].float()).flatten(1).norm(dim=1)
+            for k, (p, j) in enumerate(part):
+                drops[p] += float(torch.clamp(full[j] - d[k], min=0)) / n
+    return drops
+
+
+def significance(
+    eps_model: EpsModel,
+    x: torch.Tensor,
+    cond: torch.Tensor,
+    eps_empty: torch.Tensor,
+    empty: torch.Tensor,
+    positions: Sequence[int],
+) -> tuple[torch.Tensor, str | None]:
+    """Wen's :func:`token_gradients`; where the weights refuse a backward pass (inference tensors) or it runs out of
+    memory, :func:`token_occlusion` instead, with a note saying so (``None`` for gradients)."""
+    try:
+        with torch.inference_mode(False):
+            return token_gradients(eps_model, x, cond, eps_empty), None
+    except RuntimeError as err:  # torch.OutOfMemoryError is a RuntimeError too
+        message = (str(err).splitlines() or [""])[0]
+        reason = "the host keeps its weights as inference tensors" if "Inference tensors" in message else message
+    values = token_occlusion(eps_model, x, cond, eps_empty, empty, positions)
+    return values, f"word colours from occlusion (gradients are unavailable here: {reason})"
 
 
 @dataclass(frozen=True)

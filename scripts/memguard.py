@@ -6,8 +6,7 @@ Everything lives in the ``memguard`` package (``memguard/hosts``); this file onl
 from modules import script_callbacks, shared
 
 from memguard.api import register_routes
-from memguard.hosts import a1111, forge, settings
-from memguard.hosts.a1111_service import A1111Service
+from memguard.hosts import a1111, forge, service_class, settings
 
 if forge.is_forge():  # Forge: its modules_forge package imports
     from memguard.hosts.forge_scripts import make_scripts
@@ -22,11 +21,11 @@ else:
 def _tabs():
     from memguard.ui.tab import build_tab
 
-    return [(build_tab(A1111Service), "Memorization", "memorization")]
+    return [(build_tab(service_class()), "Memorization", "memorization")]
 
 
 def _routes(_demo, app):
-    register_routes(app, A1111Service, getattr(shared.cmd_opts, "api_auth", None))
+    register_routes(app, service_class(), getattr(shared.cmd_opts, "api_auth", None))
 
 
 script_callbacks.on_ui_settings(settings.register)

@@ -194,6 +194,7 @@ def test_tab_service_scores_explains_and_calibrates_the_loaded_checkpoint(host):
     prompt = "a (red:1.1) circle AND a blue square"
     analyzed = service.analyze(prompt, [0, 1])
     assert len(analyzed["scores"]) == 2 and analyzed["threshold"] is None
+    assert analyzed["note"] is None  # A1111's weights take gradients: Wen's token significance
     assert analyzed["words"] and all(prompt[w["start"] : w["end"]] == w["text"] for w in analyzed["words"])
     rows = service.audit(["a red circle", "a blue square"], [0])
     assert [r["prompt"] for r in rows] == ["a red circle", "a blue square"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from memguard.explain import Explanation, TokenScore, explain, token_gradients
+from memguard.explain import Explanation, TokenScore, explain, significance, token_gradients, token_occlusion
 from memguard.pipeline import explain_prompt
 from memguard.tokens import load_tokenizer, tokenize
 
@@ -44,6 +44,54 @@ def test_token_gradients_norm_over_channels():
 
     grads = token_gradients(eps_model, x, cond, torch.zeros(1, 1, 1, 1))
     assert grads.tolist() == pytest.approx([0.0, 0.0, 2.0])  # ||(1, 1, 1, 1)||_2
+
+
+def _linear_model(weights: torch.Tensor):
+    """eps(x, c) = x * (c . w) summed over positions: every position matters in proportion to w."""
+
+    def eps_model(xx, cc):
+        return xx * (cc[..., 0] * weights).sum(dim=1).view(-1, 1, 1, 1)
+
+    return eps_model
+
+
+def test_token_occlusion_is_the_drop_in_d_per_position():
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(2, 1, 3, 3, generator=gen)
+    cond = torch.rand(2, 5, 2, generator=gen) + 0.5
+    empty = torch.zeros(1, 5, 2)
+    weights = torch.tensor([0.0, 2.0, -1.0, 0.5, 1.0])
+    eps_model, eps_empty = _linear_model(weights), torch.zeros(2, 1, 3, 3)
+    drops = token_occlusion(eps_model, x, cond, eps_empty, empty, [1, 2, 3], rows_per_call=4)
+    full = [float(eps_model(x[[j]], cond[[j]]).norm()) for j in range(2)]
+    for p in range(5):
+        expected = 0.0
+        if p in (1, 2, 3):
+            for j in range(2):
+                occluded = cond[[j]].clone()
+                occluded[0, p] = 0
+                expected += max(0.0, full[j] - float(eps_model(x[[j]], occluded).norm())) / 2
+        assert drops[p].item() == pytest.approx(expected, rel=1e-5, abs=1e-7)
+    assert drops[1] > drops[3] > 0 and drops[2] == 0  # removing a negative contribution raises d: clamped
+
+
+def test_significance_falls_back_to_occlusion_on_inference_weights():
+    gen = torch.Generator().manual_seed(2)
+    layer = torch.nn.Linear(2, 1, bias=False)
+    x, cond = torch.randn(1, 1, 2, 2, generator=gen), torch.rand(1, 4, 2, generator=gen) + 0.5
+
+    def eps_model(xx, cc):
+        return xx * layer(cc).sum(dim=(1, 2)).view(-1, 1, 1, 1)
+
+    eps_empty, empty = torch.zeros(1, 1, 2, 2), torch.zeros(1, 4, 2)
+    values, note = significance(eps_model, x, cond, eps_empty, empty, [1, 2])
+    assert note is None and torch.allclose(values, token_gradients(eps_model, x, cond, eps_empty))
+    with torch.inference_mode():
+        layer.weight.data = layer.weight.data.clone()  # what Forge's loader makes of every weight
+    values, note = significance(eps_model, x, cond, eps_empty, empty, [1, 2])
+    assert "occlusion" in note and "inference tensors" in note
+    assert torch.equal(values, token_occlusion(eps_model, x, cond, eps_empty, empty, [1, 2]))
+    assert values[0] == 0 and values[3] == 0 and values[1] > 0
 
 
 def test_explain_maps_positions_and_normalizes(tk):

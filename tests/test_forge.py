@@ -48,6 +48,14 @@ def host(model_dir):
     fakeforge.uninstall()
 
 
+def make_weights_ordinary() -> None:
+    """The loaded engine's weights as ordinary tensors (a Forge whose loader did not use inference mode)."""
+    from backend.diffusion_engine.sd15 import ordinary_weights
+    from modules import shared
+
+    ordinary_weights(shared.sd_model)
+
+
 def flag_one(host, batch=4, seed=11):
     """A plain generation, and a threshold that flags exactly its highest-scoring image (returned)."""
     plain = generate(host, batch_size=batch, seed=seed)
@@ -148,6 +156,7 @@ def test_flagged_image_is_explained_on_the_typed_words(host):
     out = generate(host, prompt=prompt)
     result = results(out)[0]
     assert result["flagged"] and result["words"]
+    assert "occlusion" in result["note"]  # Forge's weights refuse a backward pass
     for w in result["words"]:
         assert prompt[w["start"] : w["end"]] == w["text"]
     assert "may reproduce a training image" in out.comments
@@ -156,13 +165,15 @@ def test_flagged_image_is_explained_on_the_typed_words(host):
 @needs_text_model
 @pytest.mark.parametrize("strategy", ["attention", "guidance", "embedding"])
 def test_guard_mitigates_only_the_flagged_image(host, strategy):
+    if strategy == "embedding":  # the gradient path of a Forge whose weights are ordinary tensors
+        make_weights_ordinary()
     plain, flagged = flag_one(host)
     guarded = generate(host, GUARD, {guard_index(): strategy}, batch_size=4, seed=11)
     res = results(guarded)
     assert [r["flagged"] for r in res] == [i == flagged for i in range(4)]
     report = res[flagged]["mitigation"]
     assert report["strategy"] == strategy and report["score_after"] is not None
-    if strategy == "embedding":  # works on the double: its weights are ordinary tensors
+    if strategy == "embedding":
         assert report["score_after"] < report["score_before"]
     if strategy == "attention":
         assert report["score_after"] != report["score_before"]  # the first step was recomputed under the edit
@@ -225,13 +236,8 @@ def test_attention_edit_equals_the_a1111_hooks_on_the_bare_network(host):
 
 @needs_text_model
 def test_embedding_falls_back_to_attention_when_forge_weights_are_inference_tensors(host):
-    """Forge moves weights to the GPU inside inference mode; backward through them raises. Simulated here."""
-    from modules import shared
-
+    """Forge builds its weights inside inference mode (the double too); backward through them raises."""
     plain, flagged = flag_one(host)
-    with torch.inference_mode():
-        for param in shared.sd_model.forge_objects.unet.model.parameters():
-            param.data = param.data.clone()
     guarded = generate(host, GUARD, {guard_index(): "embedding"}, batch_size=4, seed=11)
     report = results(guarded)[flagged]["mitigation"]
     assert report["strategy"] == "attention"
@@ -242,12 +248,17 @@ def test_embedding_falls_back_to_attention_when_forge_weights_are_inference_tens
 
 
 @needs_text_model
-def test_auto_mitigation_in_a_batch_of_two_iterations(host):
+@pytest.mark.parametrize("ordinary", [False, True])
+def test_auto_mitigation_in_a_batch_of_two_iterations(host, ordinary):
+    """Forge's inference-tensor weights: auto is attention + guidance; with ordinary weights it optimizes."""
+    if ordinary:
+        make_weights_ordinary()
     set_threshold(1e-6)
     out = generate(host, GUARD, {guard_index(): "auto"}, batch_size=2, n_iter=2)
     res = results(out)
     assert [r["index"] for r in res] == [0, 1, 2, 3]
-    assert all(r["mitigation"]["strategy"] == "embedding+guidance" for r in res)
+    expected = "embedding+guidance" if ordinary else "attention+guidance"
+    assert all(r["mitigation"]["strategy"] == expected for r in res)
     assert_clean()
 
 
@@ -314,3 +325,45 @@ def test_the_extension_entry_loads_the_forge_scripts(model_dir):
         assert "forge" in type(watch).process_before_every_sampling.__module__
     finally:
         fakeforge.uninstall()
+
+
+def test_tab_and_api_service_reads_forge_unet(host):
+    """The Memorization tab and the API on Forge: scores from ``forge_objects.unet`` (KModel x0 -> eps) equal the
+    network's own first-step eps difference; the UNet is loaded through Forge's memory manager first; the word
+    colours come from occlusion (inference-tensor weights), with a note, and from gradients with ordinary weights."""
+    from backend import memory_management
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+    from modules import shared
+
+    from memguard.api import PREFIX, register_routes
+    from memguard.hosts import service_class
+    from memguard.hosts.forge_service import ForgeService
+
+    assert service_class() is ForgeService
+    service, prompt = ForgeService(), "a (red:1.1) circle"
+    analyzed = service.analyze(prompt, [0, 1])
+    assert memory_management.current_loaded_models[0] is shared.sd_model.forge_objects.unet
+
+    unet = shared.sd_model.memguard_model.unet
+    cond, empty = (shared.sd_model.get_learned_conditioning([t]) for t in (prompt, ""))
+    shape = (unet.config.in_channels, unet.config.sample_size, unet.config.sample_size)
+    for seed, score in zip([0, 1], analyzed["scores"]):
+        x = torch.randn((1, *shape), generator=torch.Generator("cpu").manual_seed(seed))
+        with torch.no_grad():
+            d = (unet(x, 999, encoder_hidden_states=cond).sample - unet(x, 999, encoder_hidden_states=empty).sample)
+        assert score == pytest.approx(float(d.norm()), rel=1e-4)
+    assert analyzed["words"] and all(prompt[w["start"] : w["end"]] == w["text"] for w in analyzed["words"])
+    assert "occlusion" in analyzed["note"] and "inference tensors" in analyzed["note"]
+    assert max(w["value"] for w in analyzed["words"]) > 0
+
+    make_weights_ordinary()
+    assert service.analyze(prompt, [0])["note"] is None  # Wen's gradient
+
+    calibrated = service.calibrate([f"a shape {i}" for i in range(10)], 0.1)
+    assert service.threshold() == pytest.approx(calibrated["threshold"])
+    app = FastAPI()
+    register_routes(app, service_class())
+    r = TestClient(app).post(f"{PREFIX}/score", json={"prompts": [prompt], "seeds": 2})
+    assert r.status_code == 200
+    assert r.json()["results"][0]["scores"] == pytest.approx(analyzed["scores"], rel=1e-5)

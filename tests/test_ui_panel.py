@@ -85,16 +85,17 @@ def test_every_field_is_escaped(attack):
     mitigation = {"strategy": attack, "score_before": 3.0, "score_after": 1.0, "notes": [attack], "seconds": 0.5}
     html = render_panel(
         [
-            result(attack, seed=attack, mitigation=mitigation),
+            result(attack, seed=attack, mitigation=mitigation, note=attack),
             result(attack, score=None, flagged=False, reason=attack),
         ],
         target=attack,
     )
     parsed = Markup(html)
     assert set(parsed.tags) <= ALLOWED_TAGS
-    assert "".join(parsed.text).count(attack) >= 4  # prompt, seed, strategy, note, reason
-    analysis = Markup(render_analysis(result(attack), [0, 1], attack, attack))
+    assert "".join(parsed.text).count(attack) >= 5  # prompt, seed, strategy, mitigation note, note, reason
+    analysis = Markup(render_analysis(result(attack, note=attack), [0, 1], attack, attack))
     assert set(analysis.tags) <= ALLOWED_TAGS
+    assert "".join(analysis.text).count(attack) >= 2  # prompt and note
 
 
 def test_words_with_markup_inside_are_wrapped_and_escaped():
@@ -115,6 +116,13 @@ def test_flagged_block_shows_highlighted_prompt_advice_and_threshold():
     assert "Edit the highlighted words, or rerun with the Memorization guard script." in html
     assert 'data-memguard-target="txt2img_prompt"' in html
     assert "Image 1, seed 1234" in html
+
+
+def test_note_on_how_words_were_coloured_is_shown():
+    note = "word colours from occlusion (gradients are unavailable here: weights are inference tensors)"
+    assert f'<p class="memguard-note">{note}</p>' in render_panel([result(note=note)])
+    assert f'<p class="memguard-note">{note}</p>' in render_analysis(result(note=note), [0], "m", "t")
+    assert "memguard-note" not in render_panel([result()])
 
 
 def test_unflagged_block_has_no_prompt():

@@ -35,7 +35,7 @@ from .. import prompt_syntax
 from ..algebra import BatchLayout, eps_from_x0
 from ..calibrate import CalibrationStore, CalibrationStoreError
 from ..detect import image_scores, judge, row_scores, wen_norm
-from ..explain import explain, token_gradients
+from ..explain import explain, significance
 from ..mitigate.attention import cross_attention_modules, rescaled_attention
 from ..mitigate.base import Case, Intervention
 from ..tokens import CONTEXT, Token, Tokenized
@@ -339,12 +339,13 @@ def _record(run: Run, p: Any, denoiser: Any, detections: list, reference: torch.
     offset = getattr(p, "iteration", 0) * getattr(p, "batch_size", step0.layout.batch)
     for i, det in enumerate(detections):
         words: list[dict] = []
+        note = None
         if det.flagged and run.explain:
             try:
-                words = _explain_image(run, p, denoiser, i, reference[i : i + 1], det.sub_scores)
+                words, note = _explain_image(run, p, denoiser, i, reference[i : i + 1], det.sub_scores)
             except Exception as err:  # explanation is optional; the verdict stands
                 log.exception("memguard: explaining image %d failed", i)
-                det.reason = f"could not explain the score: {type(err).__name__}: {err}"
+                note = f"could not explain the score: {type(err).__name__}: {err}"
         seeds = getattr(p, "seeds", None) or []
         prompts = getattr(p, "prompts", None) or []
         report = reports.get(i)
@@ -359,6 +360,7 @@ def _record(run: Run, p: Any, denoiser: Any, detections: list, reference: torch.
             "reason": det.reason,
             "sub_scores": det.sub_scores,
             "words": words,
+            "note": note,
             "mitigation": report.to_dict() if report is not None else None,
         }
 
@@ -450,17 +452,25 @@ _tokenizer_cache: dict[str, Any] = {}
 
 def _explain_image(
     run: Run, p: Any, denoiser: Any, image: int, reference: torch.Tensor, sub_scores: list[float]
-) -> list[dict]:
-    """Wen's token significance for the image's strongest sub-prompt, as word dicts over the typed prompt."""
+) -> tuple[list[dict], str | None]:
+    """Token significance (``memguard.explain.significance``) for the image's strongest sub-prompt, as word dicts
+    over the typed prompt, and the note saying when it came from occlusion instead of Wen's gradient."""
     step0 = run.step0
     image_rows = step0.layout.cond_rows[image]
     sub = max(range(len(image_rows)), key=lambda k: sub_scores[k] if k < len(sub_scores) else 0.0)
     row = image_rows[sub][0]
     cond = _take(_current_cond(run, step0), [row])
-    eps_model = _eps_model(denoiser, step0, [row], cond)
-    with torch.enable_grad():
-        grads = token_gradients(eps_model, step0.x[[row]], _crossattn(cond).detach().clone(), reference)
-    return explain(host_tokens(encoded_subprompt(p, image, sub), _typed_prompt(p, image)), grads).to_dict()["words"]
+
+    def eps_model(x: torch.Tensor, crossattn: torch.Tensor) -> torch.Tensor:  # n copies of this image's row
+        n = x.shape[0]
+        return _eps_model(denoiser, step0, [row] * n, _take(cond, [0] * n))(x, crossattn)
+
+    tokens = host_tokens(encoded_subprompt(p, image, sub), _typed_prompt(p, image))
+    empty = _crossattn(_empty_cond(1)).to(step0.x.device)
+    crossattn = _crossattn(cond).detach().clone()
+    positions = [t.position for t in tokens.tokens]
+    values, note = significance(eps_model, step0.x[[row]], crossattn, reference, empty, positions)
+    return explain(tokens, values).to_dict()["words"], note
 
 
 def _current_cond(run: Run, step0: Step0) -> Any:

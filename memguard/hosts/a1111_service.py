@@ -6,6 +6,9 @@ k-diffusion sampler (every WebUI k-diffusion schedule starts at ``sigma_max``, i
 unit Gaussian noise drawn from the seed on the CPU, the latent is 64x64 (512 px; 128x128 for SDXL), and the
 reference is the model's own encoding of the empty prompt. Scores from the tab, the API, calibration and the
 watcher at a k-diffusion sampler's first step are therefore on the same scale.
+
+Token significance is ``memguard.explain.significance``: Wen's gradient, or occlusion where the weights refuse a
+backward pass (Forge's are inference tensors, see ``forge_service``), said in the result's ``note``.
 """
 
 from __future__ import annotations
@@ -20,20 +23,21 @@ import torch
 from .. import prompt_syntax
 from ..algebra import eps_from_v
 from ..detect import wen_norm
-from ..explain import explain, token_gradients
+from ..explain import explain, significance
 from ..service import calibration_from, result
 from . import a1111
 
 T_FIRST = 999
 
 
-def _latent_shape(sd_model: Any) -> tuple[int, int, int]:
-    unet = sd_model.model.diffusion_model
+def _latent_shape(unet: torch.nn.Module, sd_model: Any) -> tuple[int, int, int]:
+    """``x_T``'s shape for the network ``unet``: 64x64 latents (128x128 for SDXL), or a test model's sample size."""
     config = getattr(unet, "config", None)
     if config is not None and hasattr(config, "sample_size"):  # a diffusers UNet (pixel-space test models)
         return int(config.in_channels), int(config.sample_size), int(config.sample_size)
     side = 128 if getattr(sd_model, "is_sdxl", False) else 64
-    return int(getattr(unet, "in_channels", 4)), side, side
+    channels = getattr(unet, "in_channels", None) or getattr(config, "in_channels", None) or 4
+    return int(channels), side, side
 
 
 @dataclass
@@ -56,6 +60,10 @@ class A1111Service:
     def _cond(self, texts: list[str]) -> Any:
         return self._model().get_learned_conditioning(texts)
 
+    def _network(self) -> torch.nn.Module:
+        """The UNet itself (for the latent shape and the device)."""
+        return self._model().model.diffusion_model
+
     def _eps(self, x: torch.Tensor, cond: Any) -> torch.Tensor:
         model = self._model()
         t = torch.full((x.shape[0],), T_FIRST, device=x.device, dtype=torch.long)
@@ -66,8 +74,9 @@ class A1111Service:
         return out
 
     def _noise(self, seeds: Sequence[int]) -> torch.Tensor:
-        shape = _latent_shape(self._model())
-        device = next(self._model().model.diffusion_model.parameters()).device
+        network = self._network()
+        shape = _latent_shape(network, self._model())
+        device = next(network.parameters()).device
         noise = [torch.randn((1, *shape), generator=torch.Generator("cpu").manual_seed(int(s))) for s in seeds]
         return torch.cat(noise).to(device)
 
@@ -97,12 +106,15 @@ class A1111Service:
                 best = (mean, text, scores, cond, x, eps_e)
         _, text, scores, cond, x, eps_e = best
 
-        def eps_model(xx: torch.Tensor, crossattn: torch.Tensor) -> torch.Tensor:
-            return self._eps(xx, a1111._with_crossattn(cond, crossattn))
+        tokens = a1111.host_tokens(text, prompt)
 
-        with torch.enable_grad():
-            grads = token_gradients(eps_model, x, a1111._crossattn(cond), eps_e)
-        return result(prompt, scores, tau, **explain(a1111.host_tokens(text, prompt), grads).to_dict())
+        def eps_model(xx: torch.Tensor, crossattn: torch.Tensor) -> torch.Tensor:
+            return self._eps(xx, a1111._with_crossattn(a1111._take(cond, [0] * xx.shape[0]), crossattn))
+
+        empty = a1111._crossattn(a1111._empty_cond(1))
+        positions = [t.position for t in tokens.tokens]
+        values, note = significance(eps_model, x, a1111._crossattn(cond), eps_e, empty, positions)
+        return result(prompt, scores, tau, **explain(tokens, values).to_dict(), note=note)
 
     def audit(self, prompts: Sequence[str], seeds: Sequence[int]) -> list[dict]:
         tau = self.threshold()

@@ -135,6 +135,12 @@ def score_line(result: Mapping[str, Any], subject: str = "image") -> str:
     )
 
 
+def note_line(result: Mapping[str, Any]) -> str:
+    """The result's note (e.g. how the word colours were computed), or nothing."""
+    note = result.get("note")
+    return f'<p class="memguard-note">{esc(note)}</p>' if note else ""
+
+
 def mitigation_block(mitigation: Mapping[str, Any] | None, threshold: float | None) -> str:
     """What mitigation did: strategy, score before -> after, and what it cost."""
     if not mitigation:
@@ -174,6 +180,7 @@ def render_result(result: Mapping[str, Any], target: str | None = "txt2img_promp
     if status == "flagged":
         prompt = highlight_prompt(result.get("prompt", ""), result.get("words"), target)
         body.append(f'<div class="memguard-prompt-box">{prompt}</div>')
+        body.append(note_line(result))
         body.append(f'<p class="memguard-advice">{esc(ADVICE_MITIGATED if mitigated else ADVICE)}</p>')
     body.append(mitigation_block(result.get("mitigation"), result.get("threshold")))
     return f'<div class="memguard-result memguard-{status}">{"".join(body)}</div>'
@@ -234,6 +241,7 @@ def render_analysis(result: Mapping[str, Any], seeds: Sequence[int], model_id: s
         summary,
         seed_rows(seeds, result.get("scores") or [], result.get("threshold")),
         f'<div class="memguard-prompt-box">{prompt}</div>',
+        note_line(result),
         f'<p class="memguard-advice">{esc(advice)} {esc(CLICK_HINT)} {heat_legend()}</p>',
     ]
     return f'<div class="memguard-panel memguard-analysis"><div class="memguard-result memguard-{status}">' + (

@@ -8,7 +8,10 @@
   ``text_processing_engine``. Forge's ``ClassicTextProcessingEngine`` has A1111's ``tokenize_line`` /
   ``process_texts`` / ``PromptChunk`` / ``id_end``, so the A1111 double's ``FrozenCLIPEmbedderWithCustomWords`` stands
   in for it;
-* ``get_learned_conditioning`` runs under ``torch.inference_mode()`` (decorated, as in Forge).
+* ``get_learned_conditioning`` runs under ``torch.inference_mode()`` (decorated, as in Forge);
+* the weights are inference tensors: ``backend/loader.py: forge_loader`` builds every component under
+  ``torch.inference_mode()``, so no backward pass can go through them (:func:`ordinary_weights` undoes that for
+  tests of code paths a Forge with ordinary weights would take).
 
 Kept from the A1111 double's ``LatentDiffusion`` so that its processing and samplers run unchanged: checkpoint info,
 ``alphas_cumprod`` (the k-diffusion sigma schedule), ``parameterization``, decoding, and a ``model`` attribute that has
@@ -33,6 +36,9 @@ from modules.sd_models import LatentDiffusion
 class StableDiffusion(LatentDiffusion):
     def __init__(self, mg_model):
         super().__init__(mg_model)
+        with torch.inference_mode():
+            for param in [*mg_model.unet.parameters(), *mg_model.text_encoder.parameters()]:
+                param.data = param.data.clone()
         self.text_processing_engine = self.cond_stage_model
         self.cond_stage_model = None
         del self.model
@@ -55,3 +61,9 @@ class StableDiffusion(LatentDiffusion):
     def ema_scope(self, context=None):
         with torch.inference_mode():
             yield
+
+
+def ordinary_weights(engine: StableDiffusion) -> None:
+    """Turn the engine's UNet weights back into ordinary tensors (a Forge whose loader did not use inference mode)."""
+    for param in engine.forge_objects.unet.model.parameters():
+        param.data = param.data.clone()

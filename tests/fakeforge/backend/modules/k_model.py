@@ -21,9 +21,11 @@ class Prediction(torch.nn.Module):
         self.register_buffer("sigmas", sigmas.float())
         self.register_buffer("log_sigmas", sigmas.log().float())
 
+    @property
     def sigma_min(self) -> torch.Tensor:
         return self.sigmas[0]
 
+    @property
     def sigma_max(self) -> torch.Tensor:
         return self.sigmas[-1]
 

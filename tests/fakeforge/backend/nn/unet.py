@@ -97,6 +97,12 @@ class IntegratedUNet2DConditionModel(torch.nn.Module):
     def dtype(self) -> torch.dtype:
         return next(self.parameters()).dtype
 
+    @property
+    def config(self):
+        """Forge's network is a diffusers ``ConfigMixin`` (``register_to_config``: ``in_channels``, ...); the double's
+        config is the wrapped diffusers UNet's, which also has the pixel-space test model's ``sample_size``."""
+        return self.unet.config
+
     def forward(self, x, timesteps=None, context=None, y=None, control=None, transformer_options=None, **kwargs):
         kwargs = {"transformer_options": transformer_options or {}}
         return self.unet(x, timesteps, encoder_hidden_states=context, cross_attention_kwargs=kwargs).sample
