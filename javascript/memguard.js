@@ -256,9 +256,53 @@
 
 
     // The warning panel under a generation: the WebUI shows the generation's log (#html_log_txt2img) as escaped
-    // text; memguard's log ends with one "memguard-data:{json}" line, which is hidden here and rendered into a panel
-    // by the server (POST /memguard/v1/panel escapes every string; see memguard/ui/panel.py).
+    // text, one line per <br>; memguard's log ends with one "memguard-data:{json}" line, which is taken out here
+    // (the other lines stay as they are) and rendered into a panel by the server (POST /memguard/v1/panel escapes
+    // every string; see memguard/ui/panel.py). A new log without that line removes the previous panel.
     var PREFIX = "memguard-data:";
+
+    function takeDataLine(node) {
+        var walker = document.createTreeWalker(node, NodeFilter.SHOW_TEXT);
+        while (walker.nextNode()) {
+            var text = walker.currentNode;
+            var at = text.nodeValue.indexOf(PREFIX);
+            if (at < 0) {
+                continue;
+            }
+            var payload = text.nodeValue.slice(at + PREFIX.length).split("\n")[0];
+            text.nodeValue = text.nodeValue.slice(0, at).replace(/\s+$/, "");
+            if (!text.nodeValue) {
+                var previous = text.previousSibling;
+                if (previous && previous.nodeName === "BR") {
+                    previous.remove();
+                }
+                text.remove();
+            }
+            return payload;
+        }
+        return null;
+    }
+
+    function showPanel(log, tab, payload) {
+        fetch("memguard/v1/panel", {
+            method: "POST",
+            headers: {"Content-Type": "application/json"},
+            body: JSON.stringify({payload: payload, target: tab + "_prompt"}),
+        })
+            .then(function (response) {
+                return response.ok ? response.json() : null;
+            })
+            .then(function (data) {
+                if (!data || typeof data.html !== "string") {
+                    return;
+                }
+                var host = log.querySelector(".memguard-panel-host") || document.createElement("div");
+                host.className = "memguard-panel-host";
+                host.innerHTML = data.html; // server-rendered, every user string escaped there
+                log.appendChild(host);
+            })
+            .catch(function () {});
+    }
 
     memguard.renderLogs = function () {
         ["txt2img", "img2img"].forEach(function (tab) {
@@ -266,34 +310,26 @@
             if (!log) {
                 return;
             }
+            var ours = false;
             Array.prototype.forEach.call(log.querySelectorAll("p, div.comments, pre"), function (node) {
-                var text = node.textContent || "";
-                var at = text.indexOf(PREFIX);
-                if (at < 0 || node.dataset.memguardDone === text) {
+                if (node.closest(".memguard-panel-host")) {
                     return;
                 }
-                node.dataset.memguardDone = text;
-                var payload = text.slice(at + PREFIX.length).split("\n")[0];
-                node.textContent = text.slice(0, at).replace(/\s+$/, "");
-                fetch("memguard/v1/panel", {
-                    method: "POST",
-                    headers: {"Content-Type": "application/json"},
-                    body: JSON.stringify({payload: payload, target: tab + "_prompt"}),
-                })
-                    .then(function (response) {
-                        return response.ok ? response.json() : null;
-                    })
-                    .then(function (data) {
-                        if (!data || typeof data.html !== "string") {
-                            return;
-                        }
-                        var host = log.querySelector(".memguard-panel-host") || document.createElement("div");
-                        host.className = "memguard-panel-host";
-                        host.innerHTML = data.html; // server-rendered, every user string escaped there
-                        log.appendChild(host);
-                    })
-                    .catch(function () {});
+                if (node.dataset.memguardDone) {
+                    ours = true;
+                    return;
+                }
+                var payload = takeDataLine(node);
+                if (payload !== null) {
+                    ours = true;
+                    node.dataset.memguardDone = "1";
+                    showPanel(log, tab, payload);
+                }
             });
+            var stale = log.querySelector(".memguard-panel-host");
+            if (!ours && stale) {
+                stale.remove();
+            }
         });
     };
 

@@ -1,0 +1,85 @@
+"""The warning panel under a generation in a real browser: Debian's Chromium driven by Playwright against a
+WebUI-like page (``webui_page.py``: the A1111 double generating with memguard loaded, its comments shown in
+``#html_log_txt2img`` as the host shows them, memguard.js loaded as the host loads extension scripts). Writes
+``docs/panel.png``."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from test_tab_browser import ATTACK, CHROMIUM, CHROMIUM_ARGS, REPO, _free_port, _sync_api, _wait_until_served
+
+pytestmark = pytest.mark.browser
+PAGE = Path(__file__).with_name("webui_page.py")
+LOG = "#html_log_txt2img"
+
+
+@pytest.fixture(scope="module")
+def webui(request, tmp_path_factory) -> Iterator[str]:
+    _sync_api()
+    model = request.getfixturevalue("tiny_dir")
+    log = tmp_path_factory.mktemp("webui") / "webui.log"
+    port = _free_port()
+    with log.open("w") as handle:
+        command = [sys.executable, str(PAGE), "--model", str(model), "--port", str(port)]
+        proc = subprocess.Popen(command, cwd=REPO, stdout=handle, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        _wait_until_served(url, proc, log)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=15)
+
+
+@pytest.fixture
+def page(webui):
+    with _sync_api().sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        page = chromium.new_page(viewport={"width": 1100, "height": 900})
+        page.dialogs, page.errors = [], []
+        page.on("dialog", lambda dialog: (page.dialogs.append(dialog.message), dialog.dismiss()))
+        page.on("pageerror", lambda err: page.errors.append(str(err)))
+        page.goto(webui)
+        page.wait_for_selector("#txt2img_prompt textarea")
+        yield page
+        chromium.close()
+
+
+def generate(page, prompt: str, watch: bool = True) -> None:
+    page.fill("#txt2img_prompt textarea", prompt)
+    if page.is_checked("#txt2img_watch input") != watch:
+        page.click("#txt2img_watch input")
+    page.click("#txt2img_generate")
+    page.wait_for_selector(f"{LOG} p.comments", timeout=120_000)
+
+
+def test_panel_renders_the_generation_log_and_edits_the_prompt(page):
+    prompt = f"a cat {ATTACK} on a sofa"
+    generate(page, prompt)
+    page.wait_for_selector(f"{LOG} .memguard-panel", timeout=60_000)
+    assert page.locator(f"{LOG} .memguard-result").count() == 2  # batch of 2, both above the 1e-6 threshold
+    comments = page.locator(f"{LOG} p.comments")
+    text = comments.inner_text()
+    assert "memguard-data:" not in text  # the data line became the panel ...
+    assert text.count("may reproduce a training image") == 2  # ... the readable lines stay, one per line
+    assert comments.locator("br").count() >= 1
+    shown = page.locator(f"{LOG} .memguard-prompt").first
+    assert shown.text_content() == prompt  # the attack is text: no <img>, no alert
+    assert page.locator(f"{LOG} .memguard-panel img").count() == 0
+    page.locator(LOG).first.screenshot(path=str(REPO / "docs" / "panel.png"))
+
+    word = page.locator(f"{LOG} .memguard-word", has_text="sofa").first
+    word.click()
+    page.locator(".memguard-menu-item", has_text="Remove").click()
+    assert page.input_value("#txt2img_prompt textarea") == f"a cat {ATTACK} on a"
+
+    generate(page, "a red circle", watch=False)  # a log without memguard's line: the old panel goes
+    page.wait_for_function(f"!document.querySelector('{LOG} .memguard-panel')", timeout=30_000)
+    assert "memguard" not in page.locator(LOG).first.inner_text()
+    page.wait_for_timeout(500)
+    assert page.dialogs == [] and page.errors == []
