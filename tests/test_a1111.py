@@ -201,3 +201,36 @@ def test_tab_service_scores_explains_and_calibrates_the_loaded_checkpoint(host):
     calibrated = service.calibrate([f"a shape {i}" for i in range(10)], 0.1)
     assert a1111.current_threshold()[0] == pytest.approx(calibrated["threshold"])
     assert service.threshold() == pytest.approx(calibrated["threshold"])
+
+
+def test_tab_service_uses_the_model_only_under_the_hosts_queue_lock(host):
+    """The tab and the API never run the UNet beside a generation: every forward happens while memguard holds
+    ``call_queue.queue_lock`` (the lock the host's generate button and API hold), and waits for it while it is held."""
+    import threading
+
+    from modules import call_queue, shared
+
+    from memguard.hosts.a1111_service import A1111Service
+
+    held = []
+    hook = shared.sd_model.model.diffusion_model.register_forward_pre_hook(
+        lambda *_: held.append(call_queue.queue_lock.locked())
+    )
+    try:
+        service = A1111Service()
+        service.analyze("a red circle", [0])
+        service.calibrate(["a shape", "a form", "a thing"], 0.1)
+        assert held and all(held)
+        generate(host)  # the generation itself holds the lock too (the host's wrap_gradio_gpu_call)
+        assert all(held)
+
+        held.clear()
+        done = threading.Event()
+        with call_queue.queue_lock:  # a generation is running
+            worker = threading.Thread(target=lambda: (service.audit(["a red circle"], [0]), done.set()))
+            worker.start()
+            assert not done.wait(0.5) and held == []  # still waiting: no UNet call beside the generation
+        worker.join(60)
+        assert done.is_set() and held and all(held)
+    finally:
+        hook.remove()

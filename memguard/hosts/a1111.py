@@ -25,6 +25,7 @@ import contextlib
 import json
 import logging
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -152,6 +153,20 @@ def finish(p: Any) -> Run | None:
     if _active["run"] is run:
         _active["run"], _active["denoiser"] = None, None
     return run
+
+
+@contextlib.contextmanager
+def host_queue() -> Iterator[None]:
+    """Hold the host's GPU queue lock (``modules/call_queue.py: queue_lock``, held by ``wrap_gradio_gpu_call`` around
+    every generation and by the host's own API; Forge keeps it): the Memorization tab and memguard's API use the
+    model between generations, never beside one. No lock outside a host."""
+    try:
+        from modules.call_queue import queue_lock
+    except ImportError:
+        yield
+        return
+    with queue_lock:
+        yield
 
 
 def model_key() -> str:

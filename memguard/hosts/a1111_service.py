@@ -7,6 +7,8 @@ unit Gaussian noise drawn from the seed on the CPU, the latent is 64x64 (512 px;
 reference is the model's own encoding of the empty prompt. Scores from the tab, the API, calibration and the
 watcher at a k-diffusion sampler's first step are therefore on the same scale.
 
+The model is used only while holding the host's GPU queue lock (``a1111.host_queue``): never beside a generation.
+
 Token significance is ``memguard.explain.significance``: Wen's gradient, or occlusion where the weights refuse a
 backward pass (Forge's are inference tensors, see ``forge_service``), said in the result's ``note``.
 """
@@ -97,6 +99,19 @@ class A1111Service:
         return [prompt_parser.get_learned_conditioning_prompt_schedules([t], 20)[0][0][1] for t in parts]
 
     def analyze(self, prompt: str, seeds: Sequence[int]) -> dict:
+        with a1111.host_queue():
+            return self._analyze(prompt, seeds)
+
+    def audit(self, prompts: Sequence[str], seeds: Sequence[int]) -> list[dict]:
+        with a1111.host_queue():
+            return self._audit(prompts, seeds)
+
+    def calibrate(self, prompts: Sequence[str], fpr: float) -> dict:
+        calibration, scores = calibration_from(self, prompts, fpr, sampler="k-diffusion first step (t=999)")
+        a1111.store().put(self.model_id(), calibration)
+        return {"threshold": calibration.threshold, "fpr": fpr, "n": len(scores), "scores": scores}
+
+    def _analyze(self, prompt: str, seeds: Sequence[int]) -> dict:
         tau = self.threshold()
         best = None
         for text in self._subprompts(prompt):
@@ -116,15 +131,10 @@ class A1111Service:
         values, note = significance(eps_model, x, a1111._crossattn(cond), eps_e, empty, positions)
         return result(prompt, scores, tau, **explain(tokens, values).to_dict(), note=note)
 
-    def audit(self, prompts: Sequence[str], seeds: Sequence[int]) -> list[dict]:
+    def _audit(self, prompts: Sequence[str], seeds: Sequence[int]) -> list[dict]:
         tau = self.threshold()
         out = []
         for prompt in prompts:
             per_part = [self._scores(text, seeds)[0] for text in self._subprompts(prompt)]
             out.append(result(prompt, max(per_part, key=statistics.fmean), tau))
         return out
-
-    def calibrate(self, prompts: Sequence[str], fpr: float) -> dict:
-        calibration, scores = calibration_from(self, prompts, fpr, sampler="k-diffusion first step (t=999)")
-        a1111.store().put(self.model_id(), calibration)
-        return {"threshold": calibration.threshold, "fpr": fpr, "n": len(scores), "scores": scores}
