@@ -75,12 +75,16 @@ class Model:
             if not _weights_files(path / part):
                 raise ModelError(f"{path / part} has no weights (.safetensors or .bin)")
         try:
-            unet = UNet2DConditionModel.from_pretrained(path / "unet", torch_dtype=dtype, local_files_only=True)
+            unet = UNet2DConditionModel.from_pretrained(
+                path / "unet", torch_dtype=dtype, local_files_only=True, low_cpu_mem_usage=False
+            )
             text_encoder = CLIPTextModel.from_pretrained(path / "text_encoder", dtype=dtype, local_files_only=True)
             tokenizer = load_tokenizer(path / "tokenizer")
             vae = None
             if (path / "vae").is_dir():
-                vae = AutoencoderKL.from_pretrained(path / "vae", torch_dtype=dtype, local_files_only=True)
+                vae = AutoencoderKL.from_pretrained(
+                    path / "vae", torch_dtype=dtype, local_files_only=True, low_cpu_mem_usage=False
+                )
         except (OSError, ValueError, KeyError) as err:
             raise ModelError(f"cannot load {path}: {err}") from err
         config = json.loads((path / "scheduler" / "scheduler_config.json").read_text(encoding="utf-8"))
