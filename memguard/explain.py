@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .detect import wen_norm
 from .tokens import Tokenized
 
 EpsModel = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -63,7 +64,7 @@ def token_occlusion(
     """
     n, length = cond.shape[0], cond.shape[1]
     with torch.no_grad():
-        full = (eps_model(x, cond).float() - eps_empty.float()).flatten(1).norm(dim=1)
+        full = wen_norm(eps_model(x, cond) - eps_empty)
         jobs = [(p, j) for p in positions for j in range(n)]
         drops = torch.zeros(length, dtype=torch.float32)
         for start in range(0, len(jobs), rows_per_call):
@@ -72,7 +73,7 @@ def token_occlusion(
             occluded = cond[rows].clone()
             for k, (p, j) in enumerate(part):
                 occluded[k, p] = empty[min(j, empty.shape[0] - 1), p]
-            d = (eps_model(x[rows], occluded).float() - eps_empty[rows].float()).flatten(1).norm(dim=1)
+            d = wen_norm(eps_model(x[rows], occluded) - eps_empty[rows])
             for k, (p, j) in enumerate(part):
                 drops[p] += float(torch.clamp(full[j] - d[k], min=0)) / n
     return drops
