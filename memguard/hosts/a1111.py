@@ -16,8 +16,9 @@ unconditional row per image) and reads ``text_cond`` back; ``on_cfg_denoised`` f
 
 Callbacks are registered once at import and do nothing unless a :class:`Run` is attached to the processing object.
 Any failure inside memguard is recorded and shown ("memguard could not score this image: ..."); it never fails or
-alters the generation: every callback is shielded (nothing it raises reaches the host), a mitigation that fails
-before it takes effect is abandoned (the images are those of an unmitigated run) and its memory released.
+alters the generation: every callback is shielded (nothing it raises reaches the host), a strategy that fails (out
+of memory, say) is abandoned before it takes effect (the images are those of an unmitigated run) and its memory
+released, and after any other fault the run stops intervening and only watches (:meth:`Run.fail`).
 
 memguard keeps nothing of a generation once it is over: the :class:`Run` lives on the processing object and is
 released by :func:`finish` (from the scripts' ``postprocess``, or from the host's ``p.close()`` when the generation

@@ -39,7 +39,7 @@ def _reason(err: BaseException) -> str:
     return f"{type(err).__name__}: {err}"
 
 
-def report(run: a1111.Run, p: Any, processed: Any) -> None:
+def _report(run: a1111.Run, p: Any, processed: Any) -> None:
     """Write the generation's summary lines (and the data line the panel renders) to its log; audit if set."""
     processed.comments = (processed.comments or "") + "".join(f"{line}\n" for line in a1111.summary_lines(run))
     try:
@@ -90,7 +90,7 @@ def make_scripts() -> tuple[type, type]:
             try:
                 run = a1111.finish(p)
                 if run is not None:
-                    report(run, p, processed)
+                    _report(run, p, processed)
             except Exception as err:  # shielded: the images are done; say why the report is missing
                 a1111.log_failure("reporting")
                 processed.comments = (processed.comments or "") + f"memguard could not report: {_reason(err)}\n"
