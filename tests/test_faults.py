@@ -169,8 +169,9 @@ def _entry_points(cls_filter=None) -> list[tuple[str, object, str, object]]:
 
 
 class Fault:
-    """Raise ``RuntimeError`` at the first call into memguard's code made at ``depth`` below an entry point (depth 2:
-    inside the entry point's own helpers, where memguard does its work), once; or only look (``armed=False``)."""
+    """Raise ``RuntimeError`` at the first call into memguard's code made at ``depth`` below an entry point (1: the
+    entry point's first call; 2: inside its own helpers, where memguard does its work), once; or only look
+    (``armed=False``)."""
 
     def __init__(self, entry, depth: int = 2, armed: bool = True, p=None):
         self.code, self.depth, self.armed, self.p = entry.__code__, depth, armed, p
@@ -208,8 +209,9 @@ class Fault:
         return call
 
 
+@pytest.mark.parametrize("depth", [1, 2])
 @pytest.mark.parametrize("mode", ["watch", "mitigate"])
-def test_an_exception_inside_any_entry_point_leaves_the_images_alone(webui, monkeypatch, mode):
+def test_an_exception_inside_any_entry_point_leaves_the_images_alone(webui, monkeypatch, mode, depth):
     from modules import shared
 
     job = dict(batch_size=2, seed=5)
@@ -227,17 +229,18 @@ def test_an_exception_inside_any_entry_point_leaves_the_images_alone(webui, monk
             return webui.run_txt2img(fault.p)
 
     entries = _entry_points()
-    probes = {e[0]: Fault(e[3], armed=False) for e in entries}
+    probes = {e[0]: Fault(e[3], depth, armed=False) for e in entries}
     with monkeypatch.context() as m:
         for label, owner, attr, fn in entries:
             m.setattr(owner, attr, probes[label].wrap(fn))
         generate(webui, title, script_args, **job)
     working = [e for e in entries if probes[e[0]].reached]  # the entry points that did memguard work in this job
-    expected = {"cfg_denoiser on_cfg_denoiser", "cfg_denoised on_cfg_denoised", "MemguardWatch.process"}
-    expected |= {"MemguardWatch.postprocess"} | ({"MemguardGuard.run"} if mode == "mitigate" else set())
+    expected = {f"cfg_{name} on_cfg_{name}" for name in ("denoiser", "denoised", "after_cfg")}
+    expected |= {"MemguardWatch.process", "MemguardWatch.postprocess"}
+    expected |= {"MemguardGuard.run"} if mode == "mitigate" else set()
     assert expected <= {e[0] for e in working}
     for entry in working:
-        fault = Fault(entry[3])
+        fault = Fault(entry[3], depth)
         out = run_with(entry, fault)
         label = entry[0]
         assert fault.fired and len(pixels(out)) == 2, label

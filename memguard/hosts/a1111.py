@@ -316,32 +316,44 @@ def _on_cfg_denoiser(params: Any, run: Run | None) -> None:
 
 
 def on_cfg_denoised(params: Any) -> None:
+    try:
+        _on_cfg_denoised(params)
+    except Exception as err:  # shielded
+        log_failure("on_cfg_denoised")
+        _fail_current("reading the model's output", err)
+
+
+def _on_cfg_denoised(params: Any) -> None:
     run, denoiser = _current()
     if run is None:
         return
-    try:
-        if run.guidance:
-            run.x_out = params.x
-        if denoiser.step == 0 and run.step0 is not None:
-            if run.mode == "watch":
-                _guard(run, "scoring", _watch, run, denoiser.p, params.x)
-            elif run.reference is not None:
-                _guard(run, "scoring the mitigated images", _score_after, run, denoiser.p, params.x)
-    except Exception as err:  # shielded
-        log_failure("on_cfg_denoised")
-        run.fail("reading the model's output", err)
+    if run.guidance:
+        run.x_out = params.x
+    if denoiser.step == 0 and run.step0 is not None:
+        if run.mode == "watch":
+            _guard(run, "scoring", _watch, run, denoiser.p, params.x)
+        elif run.reference is not None:
+            _guard(run, "scoring the mitigated images", _score_after, run, denoiser.p, params.x)
 
 
 def on_cfg_after_cfg(params: Any) -> None:
-    run, denoiser = _current()
-    if run is None:
-        return
     try:
-        if run.guidance and run.x_out is not None:
-            _guard(run, "guidance schedule", _apply_guidance, run, denoiser, params)
+        _on_cfg_after_cfg(params)
     except Exception as err:  # shielded
         log_failure("on_cfg_after_cfg")
-        run.fail("guidance schedule", err)
+        _fail_current("guidance schedule", err)
+
+
+def _on_cfg_after_cfg(params: Any) -> None:
+    run, denoiser = _current()
+    if run is not None and run.guidance and run.x_out is not None:
+        _guard(run, "guidance schedule", _apply_guidance, run, denoiser, params)
+
+
+def _fail_current(what: str, err: BaseException) -> None:
+    run = _current()[0]
+    if run is not None:
+        run.fail(what, err)
 
 
 def register() -> None:
