@@ -17,7 +17,7 @@ import generation_mix
 import numpy as np
 import pytest
 import torch
-from webui_helpers import GUARD, data, generate, guard_index, pixels, processing, results, scores, set_threshold
+from webui_helpers import GUARD, data, flag_one, generate, guard_index, pixels, processing, results, set_threshold
 
 import memguard.calibrate as calibrate
 from memguard import cli
@@ -41,14 +41,6 @@ def _same(a, b) -> bool:
     return len(pixels(a)) == len(pixels(b)) and all(np.array_equal(x, y) for x, y in zip(pixels(a), pixels(b)))
 
 
-def _one_flagged(host, **fields) -> int:
-    """Set the threshold so that exactly the highest-scoring image of the job is flagged; return its index."""
-    s = scores(generate(host, **fields))
-    ranked = sorted(s)
-    set_threshold((ranked[-1] + ranked[-2]) / 2)
-    return s.index(ranked[-1])
-
-
 def _wrap_case(monkeypatch, wrap) -> None:
     """Wrap the ``eps_model`` memguard hands to the strategy (the UNet inside the embedding optimization loop)."""
     real = a1111.Case
@@ -58,7 +50,7 @@ def _wrap_case(monkeypatch, wrap) -> None:
 # --- a. out of memory inside the embedding optimization --------------------------------------------------------------
 def test_out_of_memory_in_optimization_generates_unmitigated_warns_and_frees(webui, monkeypatch):
     job = dict(batch_size=2, seed=11)
-    flagged = _one_flagged(webui, **job)
+    flagged = flag_one(webui, **job)[1]
     watched = generate(webui, **job)
     assert [r["flagged"] for r in results(watched)] == [i == flagged for i in range(2)]
     calls, made = [], []
@@ -215,7 +207,7 @@ def test_an_exception_inside_any_entry_point_leaves_the_images_alone(webui, monk
     from modules import shared
 
     job = dict(batch_size=2, seed=5)
-    flagged = _one_flagged(webui, **job)
+    flagged = flag_one(webui, **job)[1]
     title, script_args = (GUARD, {guard_index(): "auto"}) if mode == "mitigate" else (None, None)
     shared.opts.memguard_watch = False
     plain = generate(webui, **job)

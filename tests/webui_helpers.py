@@ -62,6 +62,16 @@ def guard_index() -> int:
     return script.args_from
 
 
+def flag_one(host, **fields):
+    """A generation (batch 4, seed 11 unless ``fields`` say otherwise) and a threshold that flags exactly its
+    highest-scoring image: ``(processed, index of that image)``."""
+    plain = generate(host, **{"batch_size": 4, "seed": 11, **fields})
+    s = scores(plain)
+    ranked = sorted(s)
+    set_threshold((ranked[-1] + ranked[-2]) / 2)
+    return plain, s.index(ranked[-1])
+
+
 def set_threshold(value: float) -> None:
     from modules import shared
 
