@@ -27,6 +27,7 @@ bench: $(VENV)/.installed
 	$(PY) bench/mitigation.py
 	$(PY) bench/throughput.py
 	$(PY) bench/watch_overhead.py
+	$(PY) bench/soak.py
 
 clean:
 	rm -rf $(VENV) out

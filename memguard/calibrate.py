@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import stat
 import tempfile
 import time
 from collections.abc import Sequence
@@ -67,6 +68,10 @@ class CalibrationStoreError(RuntimeError):
     """The calibration file cannot be used; it is left untouched."""
 
 
+class CalibrationWriteError(CalibrationStoreError, OSError):
+    """The calibration file could not be written (read-only, disk full, ...); the previous one is unchanged."""
+
+
 @dataclass
 class Calibration:
     """One model's threshold and how it was obtained."""
@@ -98,7 +103,9 @@ class CalibrationStore:
     """Thresholds keyed by model hash, in one JSON file written atomically.
 
     A file that is not valid JSON, or not a memguard calibration file, raises :class:`CalibrationStoreError` and is
-    never overwritten: the user's previous thresholds are never lost to a bad write or a foreign file.
+    never overwritten: the user's previous thresholds are never lost to a bad write or a foreign file. A file without
+    write permission is left alone even where the OS would allow replacing it (root), and a failed write (read-only
+    directory, disk full) raises :class:`CalibrationWriteError` with the previous file unchanged.
     """
 
     def __init__(self, path: Path | str):
@@ -130,17 +137,33 @@ class CalibrationStore:
     def get(self, model_hash: str) -> Calibration | None:
         return self.models().get(model_hash)
 
-    def put(self, model_hash: str, calibration: Calibration) -> None:
+    def check_writable(self) -> dict:
+        """The file's contents, or :class:`CalibrationStoreError` if :meth:`put` would refuse to replace it (call it
+        before a long calibration so that its result is not lost)."""
         data = self._load()
+        if self.path.exists() and not stat.S_IMODE(self.path.stat().st_mode) & 0o222:
+            raise CalibrationWriteError(f"calibration file {self.path} is read-only; it was left as it is")
+        return data
+
+    def _write_error(self, err: OSError) -> CalibrationWriteError:
+        return CalibrationWriteError(f"could not write the calibration file {self.path} ({err}); it was left as it is")
+
+    def put(self, model_hash: str, calibration: Calibration) -> None:
+        data = self.check_writable()
         data["models"][model_hash] = asdict(calibration)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".memguard-", suffix=".json", dir=self.path.parent)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=".memguard-", suffix=".json", dir=self.path.parent)
+        except OSError as err:
+            raise self._write_error(err) from err
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as handle:
                 json.dump(data, handle, indent=2, sort_keys=True)
                 handle.flush()
                 os.fsync(handle.fileno())
             os.replace(tmp, self.path)
-        except BaseException:
+        except BaseException as err:
             Path(tmp).unlink(missing_ok=True)
+            if isinstance(err, OSError):
+                raise self._write_error(err) from err
             raise

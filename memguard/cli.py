@@ -175,6 +175,10 @@ def cmd_calibrate(args) -> int:
 
     model = load_model(args)
     items = read_prompts(args.prompts)
+    try:
+        CalibrationStore(args.store).check_writable()  # before scoring: a long run's result must not be lost
+    except CalibrationStoreError as err:
+        raise SystemExit(f"memguard: could not store the calibration: {err}") from err
     with _progress(len(items), "calibrate") as bar:
         per_prompt = score_prompts(
             model,

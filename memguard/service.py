@@ -101,6 +101,7 @@ class PipelineService:
         return [result(prompt, [d.score for d in dets], tau) for prompt, dets in zip(prompts, per_prompt)]
 
     def calibrate(self, prompts: Sequence[str], fpr: float) -> dict:
+        self.store.check_writable()  # before scoring: a long run's result must not be lost
         calibration, scores = calibration_from(self, prompts, fpr)
         self.store.put(self.model.model_hash, calibration)
         return {"threshold": calibration.threshold, "fpr": fpr, "n": len(scores), "scores": scores}

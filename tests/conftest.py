@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ from memguard.miniature.train import DDIM_CONFIG
 from memguard.tokens import write_tokenizer_files
 
 SCHEDULER = {"_class_name": "DDIMScheduler", **DDIM_CONFIG}  # SD1's DDIM configuration
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def build_tiny_model(path: Path, prediction_type: str = "epsilon", seed: int = 0) -> Path:
@@ -73,3 +75,28 @@ def _one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def _webui_boot(tiny_dir):
+    import fakehost
+
+    fakehost.uninstall()
+    model = Path(os.environ.get("FAKEHOST_MODEL_DIR", tiny_dir))
+    yield fakehost.boot(model, extension_dirs=[str(ROOT)], api=True)
+    fakehost.uninstall()
+
+
+@pytest.fixture
+def webui(_webui_boot):
+    """The fake A1111 host with memguard loaded as an extension, booted once per test module; every test starts with
+    memguard's settings at their defaults and no error reports."""
+    from modules import errors, shared
+
+    from memguard.hosts.settings import OPTIONS
+
+    for key, (default, *_rest) in OPTIONS.items():
+        setattr(shared.opts, key, default)
+    errors.clear()
+    yield _webui_boot
+    errors.clear()

@@ -11,7 +11,7 @@ import fakehost
 import numpy as np
 import pytest
 import torch
-from webui_helpers import GUARD, data, generate, guard_index, pixels, scores, set_threshold, side
+from webui_helpers import GUARD, data, flag_one, generate, guard_index, pixels, scores, set_threshold, side
 
 pytest.importorskip("gradio")
 
@@ -102,11 +102,7 @@ def test_flagged_image_is_explained_on_the_typed_words(host):
 
 
 def test_guard_mitigates_only_the_flagged_image(host):
-    plain = generate(host, batch_size=4, seed=11)
-    s = scores(plain)
-    ranked = sorted(s)
-    set_threshold((ranked[-1] + ranked[-2]) / 2)  # exactly one image above the threshold
-    flagged = s.index(ranked[-1])
+    plain, flagged = flag_one(host)  # exactly one image above the threshold
     guarded = generate(host, GUARD, {guard_index(): "embedding"}, batch_size=4, seed=11)
     results = sorted(data(guarded)["results"], key=lambda r: r["index"])
     assert [r["flagged"] for r in results] == [i == flagged for i in range(4)]

@@ -12,7 +12,7 @@ import fakehost
 import numpy as np
 import pytest
 import torch
-from webui_helpers import GUARD, generate, guard_index, pixels, results, scores, set_threshold
+from webui_helpers import GUARD, flag_one, generate, guard_index, pixels, results, scores, set_threshold
 
 from memguard.hosts import a1111
 
@@ -54,15 +54,6 @@ def make_weights_ordinary() -> None:
     from modules import shared
 
     ordinary_weights(shared.sd_model)
-
-
-def flag_one(host, batch=4, seed=11):
-    """A plain generation, and a threshold that flags exactly its highest-scoring image (returned)."""
-    plain = generate(host, batch_size=batch, seed=seed)
-    s = scores(plain)
-    ranked = sorted(s)
-    set_threshold((ranked[-1] + ranked[-2]) / 2)
-    return plain, s.index(ranked[-1])
 
 
 def assert_clean():

@@ -18,6 +18,11 @@ def side() -> int:
 
 def generate(host, title=None, script_args=None, **fields):
     """Run one txt2img job the way the UI submits it; ``title`` selects a dropdown script."""
+    return host.run_txt2img(processing(host, title, script_args, **fields))
+
+
+def processing(host, title=None, script_args=None, **fields):
+    """The processing object :func:`generate` runs (small sizes and steps unless ``fields`` say otherwise)."""
     defaults = dict(
         prompt="a red circle",
         negative_prompt="",
@@ -28,8 +33,7 @@ def generate(host, title=None, script_args=None, **fields):
         seed=7,
         sampler_name="Euler",
     )
-    p = host.txt2img_processing(title, script_args=script_args, **{**defaults, **fields})
-    return host.run_txt2img(p)
+    return host.txt2img_processing(title, script_args=script_args, **{**defaults, **fields})
 
 
 def data(processed) -> dict:
@@ -56,6 +60,16 @@ def guard_index() -> int:
 
     script = next(s for s in scripts.scripts_txt2img.selectable_scripts if s.title() == GUARD)
     return script.args_from
+
+
+def flag_one(host, **fields):
+    """A generation (batch 4, seed 11 unless ``fields`` say otherwise) and a threshold that flags exactly its
+    highest-scoring image: ``(processed, index of that image)``."""
+    plain = generate(host, **{"batch_size": 4, "seed": 11, **fields})
+    s = scores(plain)
+    ranked = sorted(s)
+    set_threshold((ranked[-1] + ranked[-2]) / 2)
+    return plain, s.index(ranked[-1])
 
 
 def set_threshold(value: float) -> None:

@@ -16,7 +16,14 @@ unconditional row per image) and reads ``text_cond`` back; ``on_cfg_denoised`` f
 
 Callbacks are registered once at import and do nothing unless a :class:`Run` is attached to the processing object.
 Any failure inside memguard is recorded and shown ("memguard could not score this image: ..."); it never fails or
-alters the generation.
+alters the generation: every callback is shielded (nothing it raises reaches the host), a strategy that fails (out
+of memory, say) is abandoned before it takes effect (the images are those of an unmitigated run) and its memory
+released, and after any other fault the run stops intervening and only watches (:meth:`Run.fail`).
+
+memguard keeps nothing of a generation once it is over: the :class:`Run` lives on the processing object and is
+released by :func:`finish` (from the scripts' ``postprocess``, or from the host's ``p.close()`` when the generation
+failed), module-level references to it are weak, and the hooks it installs on the model are removed at the end of
+each batch and at :func:`finish` (and, should a host never close a failed job, at the next denoiser call).
 """
 
 from __future__ import annotations
@@ -25,6 +32,8 @@ import contextlib
 import json
 import logging
 import time
+import traceback
+import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,7 +53,10 @@ from . import settings
 
 log = logging.getLogger("memguard")
 ATTR = "_memguard_run"
-_active: dict[str, Any] = {"run": None, "denoiser": None}
+# the run and CFG denoiser of the denoiser call in progress, as weak references (see the module docstring)
+_active: dict[str, weakref.ref | None] = {"run": None, "denoiser": None}
+# the hooks memguard has installed on the model now (the attention edit of the batch being sampled)
+_hooks: list[contextlib.ExitStack] = [contextlib.ExitStack()]
 
 
 # --- conditioning that may be a tensor (SD1/SD2) or a dict (SDXL: crossattn + vector) -------------------------------
@@ -104,7 +116,7 @@ class Step0:
 class Run:
     """memguard's state for one generation (one processing object); released at its end."""
 
-    mode: str  # "watch" or "mitigate"
+    mode: str  # "watch", "mitigate", or "report" (memguard could not start: only say why)
     strategy_name: str = "auto"
     force: bool = False
     explain: bool = True
@@ -118,17 +130,63 @@ class Run:
     x_out: torch.Tensor | None = None
     sigma: torch.Tensor | None = None
     reference: torch.Tensor | None = None
-    hooks: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
     errors: list[str] = field(default_factory=list)
 
     def reset_batch(self) -> None:
-        self.hooks.close()
-        self.hooks = contextlib.ExitStack()
+        release_hooks()
         self.step0, self.x_out, self.reference = None, None, None
+        self.original_rows, self.mitigated_rows, self.guidance = {}, {}, {}
+
+    def abandon_mitigation(self) -> None:
+        """Stop intervening in this batch: conditioning rows, attention hooks and guidance schedules dropped."""
+        release_hooks()
         self.original_rows, self.mitigated_rows, self.guidance = {}, {}, {}
 
     def close(self) -> None:
         self.reset_batch()
+        self.sigma = None
+
+    def fail(self, what: str, err: BaseException) -> None:
+        """Record a failure (once) and stop changing the generation: after a fault memguard only watches."""
+        message = f"{what}: {type(err).__name__}: {err}"
+        if message not in self.errors:
+            self.errors.append(message)
+        if self.mode == "mitigate":
+            self.mode = "watch"
+        self.abandon_mitigation()
+
+
+def release_hooks() -> None:
+    """Remove every hook memguard has installed on the model."""
+    stack = _hooks[0]
+    _hooks[0] = contextlib.ExitStack()
+    stack.close()
+
+
+def _current() -> tuple[Run | None, Any]:
+    """The run and denoiser of the denoiser call in progress, if both are still alive."""
+    run_ref, denoiser_ref = _active["run"], _active["denoiser"]
+    run = run_ref() if run_ref is not None else None
+    denoiser = denoiser_ref() if denoiser_ref is not None else None
+    return (run, denoiser) if run is not None and denoiser is not None else (None, None)
+
+
+def _set_current(run: Run | None, denoiser: Any) -> None:
+    if run is None or denoiser is None:
+        _active["run"], _active["denoiser"] = None, None
+    else:
+        _active["run"], _active["denoiser"] = weakref.ref(run), weakref.ref(denoiser)
+
+
+def log_failure(what: str) -> None:
+    """Log the exception being handled with its traceback as text: no log record keeps its frames (and tensors)."""
+    log.error("memguard: %s failed\n%s", what, traceback.format_exc())
+
+
+def free_memory() -> None:
+    """Return the allocator's cached blocks after a failure such as running out of memory (CUDA only)."""
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 # --- per-generation lifecycle ----------------------------------------------------------------------------------------
@@ -140,18 +198,51 @@ def start(p: Any, mode: str, **kwargs: Any) -> Run:
     run = Run(mode=mode, **kwargs)
     run.threshold, run.threshold_source = current_threshold()
     setattr(p, ATTR, run)
+    _finish_on_close(p)
     return run
+
+
+def start_failed(p: Any, what: str, err: BaseException) -> Run:
+    """Attach a run that only reports that memguard could not start (``what``), unless ``p`` already has one."""
+    run = getattr(p, ATTR, None)
+    if run is None:
+        run = Run(mode="report")
+        setattr(p, ATTR, run)
+        _finish_on_close(p)
+    run.fail(what, err)
+    return run
+
+
+def _finish_on_close(p: Any) -> None:
+    """Finish also when the host closes the job (``closing(p)`` around txt2img, img2img and the API's jobs), which it
+    does when the generation fails too, where no script's ``postprocess`` runs."""
+    close = getattr(p, "close", None)
+    if not callable(close):
+        return
+
+    def finish_and_close(*args: Any, **kwargs: Any) -> Any:
+        finish(p)
+        return close(*args, **kwargs)
+
+    finish_and_close.memguard_finish = True
+    with contextlib.suppress(AttributeError, TypeError):
+        p.close = finish_and_close
 
 
 def finish(p: Any) -> Run | None:
     """Detach and release the run: hooks removed, per-generation state dropped."""
     run = getattr(p, ATTR, None)
+    current, denoiser = _current()
+    if current is not None and (current is run or getattr(denoiser, "p", None) is p):
+        _set_current(None, None)
     if run is not None:
-        run.close()
         with contextlib.suppress(AttributeError):
             delattr(p, ATTR)
-    if _active["run"] is run:
-        _active["run"], _active["denoiser"] = None, None
+    if getattr(getattr(p, "__dict__", {}).get("close"), "memguard_finish", False):
+        del p.close
+    release_hooks()
+    if run is not None:
+        run.close()
     return run
 
 
@@ -205,18 +296,30 @@ def _guard(run: Run, what: str, fn, *args) -> None:
     try:
         fn(*args)
     except Exception as err:  # memguard must never fail the generation
-        log.exception("memguard: %s failed", what)
-        run.errors.append(f"{what}: {type(err).__name__}: {err}")
+        log_failure(what)
+        run.fail(what, err)
 
 
 def on_cfg_denoiser(params: Any) -> None:
+    run = getattr(getattr(params.denoiser, "p", None), ATTR, None)
+    try:
+        _on_cfg_denoiser(params, run)
+    except Exception as err:  # shielded: the host's tensors are only replaced once memguard's are complete
+        log_failure("on_cfg_denoiser")
+        if run is not None:
+            run.fail("the first step" if params.denoiser.step == 0 else "a sampling step", err)
+
+
+def _on_cfg_denoiser(params: Any, run: Run | None) -> None:
     denoiser = params.denoiser
-    p = getattr(denoiser, "p", None)
-    run = getattr(p, ATTR, None)
-    _active["run"], _active["denoiser"] = None, None
-    if run is None or getattr(p, "is_hr_pass", False):
+    p = denoiser.p if run is not None else None
+    _set_current(None, None)
+    if run is None:
+        release_hooks()  # left by a generation that failed before its end
         return
-    _active["run"], _active["denoiser"] = run, denoiser
+    if getattr(p, "is_hr_pass", False) or run.mode == "report":
+        return
+    _set_current(run, denoiser)
     run.sigma = params.sigma
     if denoiser.step == 0:
         run.reset_batch()
@@ -228,10 +331,17 @@ def on_cfg_denoiser(params: Any) -> None:
 
 
 def on_cfg_denoised(params: Any) -> None:
-    run = _active["run"]
+    try:
+        _on_cfg_denoised(params)
+    except Exception as err:  # shielded
+        log_failure("on_cfg_denoised")
+        _fail_current("reading the model's output", err)
+
+
+def _on_cfg_denoised(params: Any) -> None:
+    run, denoiser = _current()
     if run is None:
         return
-    denoiser = _active["denoiser"]
     if run.guidance:
         run.x_out = params.x
     if denoiser.step == 0 and run.step0 is not None:
@@ -242,10 +352,23 @@ def on_cfg_denoised(params: Any) -> None:
 
 
 def on_cfg_after_cfg(params: Any) -> None:
-    run = _active["run"]
-    if run is None or not run.guidance or run.x_out is None:
-        return
-    _guard(run, "guidance schedule", _apply_guidance, run, _active["denoiser"], params)
+    try:
+        _on_cfg_after_cfg(params)
+    except Exception as err:  # shielded
+        log_failure("on_cfg_after_cfg")
+        _fail_current("guidance schedule", err)
+
+
+def _on_cfg_after_cfg(params: Any) -> None:
+    run, denoiser = _current()
+    if run is not None and run.guidance and run.x_out is not None:
+        _guard(run, "guidance schedule", _apply_guidance, run, denoiser, params)
+
+
+def _fail_current(what: str, err: BaseException) -> None:
+    run = _current()[0]
+    if run is not None:
+        run.fail(what, err)
 
 
 def register() -> None:
@@ -338,7 +461,7 @@ def _score(run: Run, eps: torch.Tensor, reference: torch.Tensor | None, extra: b
 
 def _watch(run: Run, p: Any, x_out: torch.Tensor) -> None:
     step0 = run.step0
-    denoiser = _active["denoiser"]
+    denoiser = _current()[1]
     lay = step0.layout
     eps = step0.to_eps(step0.x[: x_out.shape[0]], x_out, step0.sigma[: x_out.shape[0]])
     extra = _needs_reference(p, step0)
@@ -355,11 +478,13 @@ def _record(run: Run, p: Any, denoiser: Any, detections: list, reference: torch.
     for i, det in enumerate(detections):
         words: list[dict] = []
         note = None
-        if det.flagged and run.explain:
+        if det.flagged and run.explain and _interrupted():
+            note = "not explained: the generation was interrupted"
+        elif det.flagged and run.explain:
             try:
                 words, note = _explain_image(run, p, denoiser, i, reference[i : i + 1], det.sub_scores)
             except Exception as err:  # explanation is optional; the verdict stands
-                log.exception("memguard: explaining image %d failed", i)
+                log_failure(f"explaining image {i + 1}")
                 note = f"could not explain the score: {type(err).__name__}: {err}"
         seeds = getattr(p, "seeds", None) or []
         prompts = getattr(p, "prompts", None) or []
@@ -532,31 +657,53 @@ def _mitigate(run: Run, p: Any, params: Any) -> None:
     detections = _score(run, torch.cat([eps_c, reference]), None, True)
     targets = [i for i, d in enumerate(detections) if d.scorable and (run.force or d.flagged)]
     reports: dict[int, Any] = {}
+    failed = ""
     if targets:
-        rows = [r for i in targets for r, _ in lay.cond_rows[i]]
-        owner = {r: i for i in targets for r, _ in lay.cond_rows[i]}
-        case = Case(
-            eps_model=_eps_model(denoiser, step0, rows, _take(step0.text_cond, rows)),
-            x=step0.x[rows],
-            cond=_crossattn(step0.text_cond)[rows],
-            eps_empty=reference[[owner[r] for r in rows]],
-            keep=[_keep_ids(p, owner[r], r, lay) for r in rows],
-            bos=list(range(0, _crossattn(step0.text_cond).shape[1], CONTEXT)),
-            target=run.threshold if run.threshold is not None else float(min(d.score for d in detections)) / 2,
-            scores=[float(wen_norm(eps_c[[r]] - reference[[owner[r]]])[0]) for r in rows],
-            interrupted=_interrupted,
-            model=_unet(),
-            checkpoint=(),
-        )
-        intervention = _strategy(run.strategy_name, torch.is_inference_mode_enabled() is False)(case)
-        _install(run, p, params, rows, case, intervention)
-        for j, r in enumerate(rows):
-            report = intervention.reports[j]
-            report.unet_forwards += 2
-            report.seconds = (time.perf_counter() - started) / len(rows)
-            reports.setdefault(owner[r], report)
+        try:
+            reports = _intervene(run, p, params, targets, eps_c, reference, detections, started)
+        except Exception as err:  # e.g. out of memory: the images are sampled as if memguard only watched
+            log_failure("mitigation")
+            run.abandon_mitigation()
+            failed = f"{type(err).__name__}: {err}"
+        if failed:  # outside the handler, once the traceback (and the optimizer's tensors) are gone
+            free_memory()
     run.reference = reference
     _record(run, p, denoiser, detections, reference, reports)
+    offset = getattr(p, "iteration", 0) * getattr(p, "batch_size", lay.batch)
+    for i in targets if failed else ():
+        run.results[offset + i]["mitigation_error"] = failed
+
+
+def _intervene(
+    run: Run, p: Any, params: Any, targets: list[int], eps_c: torch.Tensor, reference: torch.Tensor, detections, started
+) -> dict[int, Any]:
+    """Run the strategy on the target images' conditional rows and install it; their reports by image."""
+    step0, denoiser = run.step0, params.denoiser
+    lay = step0.layout
+    rows = [r for i in targets for r, _ in lay.cond_rows[i]]
+    owner = {r: i for i in targets for r, _ in lay.cond_rows[i]}
+    case = Case(
+        eps_model=_eps_model(denoiser, step0, rows, _take(step0.text_cond, rows)),
+        x=step0.x[rows],
+        cond=_crossattn(step0.text_cond)[rows],
+        eps_empty=reference[[owner[r] for r in rows]],
+        keep=[_keep_ids(p, owner[r], r, lay) for r in rows],
+        bos=list(range(0, _crossattn(step0.text_cond).shape[1], CONTEXT)),
+        target=run.threshold if run.threshold is not None else float(min(d.score for d in detections)) / 2,
+        scores=[float(wen_norm(eps_c[[r]] - reference[[owner[r]]])[0]) for r in rows],
+        interrupted=_interrupted,
+        model=_unet(),
+        checkpoint=(),
+    )
+    intervention = _strategy(run.strategy_name, torch.is_inference_mode_enabled() is False)(case)
+    _install(run, p, params, rows, case, intervention)
+    reports: dict[int, Any] = {}
+    for j, r in enumerate(rows):
+        report = intervention.reports[j]
+        report.unet_forwards += 2
+        report.seconds = (time.perf_counter() - started) / len(rows)
+        reports.setdefault(owner[r], report)
+    return reports
 
 
 def _score_after(run: Run, p: Any, x_out: torch.Tensor) -> None:
@@ -591,7 +738,7 @@ def _install(run: Run, p: Any, params: Any, rows: list[int], case: Case, interve
         run.mitigated_rows[r] = intervention.cond[j].to(crossattn.dtype)
     if intervention.attention is not None:
         lay = run.step0.layout
-        run.hooks.enter_context(
+        _hooks[0].enter_context(
             rescaled_attention(
                 cross_attention_modules(_unet()),
                 rows,
@@ -657,9 +804,14 @@ def infotext(run: Run):
 
     def value(key: str):
         def get(p=None, index=0, **_kw):
-            offset = getattr(p, "iteration", 0) * getattr(p, "batch_size", 1)
-            result = run.results.get(offset + index)
-            return None if result is None else key_value(result, key)
+            try:
+                offset = getattr(p, "iteration", 0) * getattr(p, "batch_size", 1)
+                result = run.results.get(offset + index)
+                return None if result is None else key_value(result, key)
+            except Exception as err:  # shielded: the image keeps the rest of its infotext
+                log_failure(f"writing {key} to the infotext")
+                run.fail(f"writing {key} to the infotext", err)
+                return None
 
         return get
 
@@ -681,7 +833,10 @@ def key_value(result: dict, key: str) -> str | None:
         return "flagged" if result["flagged"] else ("uncalibrated" if result["threshold"] is None else "ok")
     if key == "Memguard mitigation":
         m = result.get("mitigation")
-        return None if m is None else f"{m['strategy']} {_fmt(m['score_before'])}->{_fmt(m['score_after'])}"
+        if m is None:
+            error = result.get("mitigation_error")
+            return f"failed ({error.split(':')[0]})" if error else None
+        return f"{m['strategy']} {_fmt(m['score_before'])}->{_fmt(m['score_after'])}"
     return None
 
 
@@ -706,6 +861,8 @@ def summary_lines(run: Run) -> list[str]:
             m = result.get("mitigation")
             if m is not None:
                 line += f"; mitigated ({m['strategy']}): {_fmt(m['score_before'])} -> {_fmt(m['score_after'])}"
+            elif result.get("mitigation_error"):
+                line += f"; memguard could not mitigate it ({result['mitigation_error']}): generated unmitigated"
             else:
                 line += "; edit those words, or rerun with the Memorization guard script"
             lines.append(line)

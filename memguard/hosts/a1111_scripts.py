@@ -35,6 +35,19 @@ def _audit(run: a1111.Run, p: Any) -> None:
             handle.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
+def _reason(err: BaseException) -> str:
+    return f"{type(err).__name__}: {err}"
+
+
+def _report(run: a1111.Run, p: Any, processed: Any) -> None:
+    """Write the generation's summary lines (and the data line the panel renders) to its log; audit if set."""
+    processed.comments = (processed.comments or "") + "".join(f"{line}\n" for line in a1111.summary_lines(run))
+    try:
+        _audit(run, p)
+    except OSError as err:
+        processed.comments += f"memguard could not write the audit log: {err}\n"
+
+
 def make_scripts() -> tuple[type, type]:
     """Return the two ``Script`` subclasses; ``scripts/memguard.py`` puts them in its globals for the host."""
     from modules import processing, scripts
@@ -52,6 +65,13 @@ def make_scripts() -> tuple[type, type]:
             return []
 
         def process(self, p: Any, *args: Any) -> None:
+            try:
+                self._process(p)
+            except Exception as err:  # shielded: the generation goes on, memguard only says why it is not watching
+                a1111.log_failure("starting to watch")
+                a1111.start_failed(p, "starting to watch", err)
+
+        def _process(self, p: Any) -> None:
             run = getattr(p, a1111.ATTR, None)
             if run is None:
                 if not settings.get("memguard_watch"):
@@ -67,14 +87,13 @@ def make_scripts() -> tuple[type, type]:
                 p.extra_generation_params.update(a1111.infotext(run))
 
         def postprocess(self, p: Any, processed: Any, *args: Any) -> None:
-            run = a1111.finish(p)
-            if run is None:
-                return
-            processed.comments = (processed.comments or "") + "".join(f"{line}\n" for line in a1111.summary_lines(run))
             try:
-                _audit(run, p)
-            except OSError as err:
-                processed.comments += f"memguard could not write the audit log: {err}\n"
+                run = a1111.finish(p)
+                if run is not None:
+                    _report(run, p, processed)
+            except Exception as err:  # shielded: the images are done; say why the report is missing
+                a1111.log_failure("reporting")
+                processed.comments = (processed.comments or "") + f"memguard could not report: {_reason(err)}\n"
 
     class MemguardGuard(scripts.Script):
         """Dropdown script: score at step 1 and mitigate flagged images before sampling continues."""
@@ -103,13 +122,25 @@ def make_scripts() -> tuple[type, type]:
                 raise ValueError(
                     f"memguard: unknown strategy {strategy!r}; use one of {', '.join(settings.STRATEGIES)}"
                 )
-            a1111.start(p, "mitigate", strategy_name=strategy, force=bool(force), explain=bool(explain))
-            p.extra_generation_params["Memguard strategy"] = strategy
-            if force:
-                p.extra_generation_params["Memguard force"] = True
+            failure = None
             try:
-                return processing.process_images(p)
-            finally:
+                a1111.start(p, "mitigate", strategy_name=strategy, force=bool(force), explain=bool(explain))
+                p.extra_generation_params["Memguard strategy"] = strategy
+                if force:
+                    p.extra_generation_params["Memguard force"] = True
+            except Exception as err:  # shielded: generate without mitigation, and say so
+                a1111.log_failure("starting the Memorization guard")
+                failure = f"memguard could not start the Memorization guard: {_reason(err)}\n"
                 a1111.finish(p)
+            try:
+                processed = processing.process_images(p)
+            finally:
+                try:
+                    a1111.finish(p)
+                except Exception:  # shielded: never mask the host's own exception or result
+                    a1111.log_failure("finishing")
+            if failure and processed is not None:
+                processed.comments = (processed.comments or "") + failure
+            return processed
 
     return MemguardWatch, MemguardGuard

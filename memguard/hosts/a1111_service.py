@@ -107,8 +107,10 @@ class A1111Service:
             return self._audit(prompts, seeds)
 
     def calibrate(self, prompts: Sequence[str], fpr: float) -> dict:
+        store = a1111.store()
+        store.check_writable()  # before scoring: a long run's result must not be lost
         calibration, scores = calibration_from(self, prompts, fpr, sampler="k-diffusion first step (t=999)")
-        a1111.store().put(self.model_id(), calibration)
+        store.put(self.model_id(), calibration)
         return {"threshold": calibration.threshold, "fpr": fpr, "n": len(scores), "scores": scores}
 
     def _analyze(self, prompt: str, seeds: Sequence[int]) -> dict:

@@ -92,7 +92,7 @@ def on_cfg_denoiser(params: Any) -> None:
 def install(p: Any) -> None:
     """``process_before_every_sampling`` body: memguard's post-CFG function on a clone of the pass's UNet patcher."""
     run = getattr(p, a1111.ATTR, None)
-    if run is None or getattr(p, "is_hr_pass", False):
+    if run is None or run.mode == "report" or getattr(p, "is_hr_pass", False):
         return
     a1111._guard(run, "preparing Forge's sampler", _install, run, p)
 
