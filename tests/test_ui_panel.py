@@ -147,7 +147,7 @@ def test_heat_levels(normalized, level):
     assert heat_level(normalized) == level
 
 
-@pytest.mark.parametrize("odd", [None, float("nan"), float("inf"), -3.0, 7.0])
+@pytest.mark.parametrize("odd", [None, float("nan"), float("inf"), -3.0, 7.0, 1e308, -1e308])
 def test_heat_level_of_odd_values_is_in_range(odd):
     assert 0 <= heat_level(odd) <= 4
 

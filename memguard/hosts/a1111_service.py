@@ -6,10 +6,16 @@ k-diffusion sampler (every WebUI k-diffusion schedule starts at ``sigma_max``, i
 unit Gaussian noise drawn from the seed on the CPU, the latent is 64x64 (512 px; 128x128 for SDXL), and the
 reference is the model's own encoding of the empty prompt. Scores from the tab, the API, calibration and the
 watcher at a k-diffusion sampler's first step are therefore on the same scale.
+
+The tab and the API run on other threads than the generations (A1111 lets gradio run 64 events at once), and a
+generation may have hooks on the UNet (memguard's own attention edit, other extensions'), offload it, or need all
+the accelerator's memory. Every model use here therefore holds the host's ``queue_lock`` (A1111 1.10
+``modules/call_queue.py``, kept by Forge), the lock every generation holds, one prompt at a time.
 """
 
 from __future__ import annotations
 
+import contextlib
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -34,6 +40,15 @@ def _latent_shape(sd_model: Any) -> tuple[int, int, int]:
         return int(config.in_channels), int(config.sample_size), int(config.sample_size)
     side = 128 if getattr(sd_model, "is_sdxl", False) else 64
     return int(getattr(unet, "in_channels", 4)), side, side
+
+
+def host_lock() -> Any:
+    """The WebUI's generation lock (``modules.call_queue.queue_lock``), or a no-op where the host has none."""
+    try:
+        from modules.call_queue import queue_lock
+    except ImportError:
+        return contextlib.nullcontext()
+    return queue_lock
 
 
 @dataclass
@@ -89,26 +104,29 @@ class A1111Service:
 
     def analyze(self, prompt: str, seeds: Sequence[int]) -> dict:
         tau = self.threshold()
-        best = None
-        for text in self._subprompts(prompt):
-            scores, cond, x, eps_e = self._scores(text, seeds)
-            mean = statistics.fmean(scores)
-            if best is None or mean > best[0]:
-                best = (mean, text, scores, cond, x, eps_e)
-        _, text, scores, cond, x, eps_e = best
+        with host_lock():
+            best = None
+            for text in self._subprompts(prompt):
+                scores, cond, x, eps_e = self._scores(text, seeds)
+                mean = statistics.fmean(scores)
+                if best is None or mean > best[0]:
+                    best = (mean, text, scores, cond, x, eps_e)
+            _, text, scores, cond, x, eps_e = best
 
-        def eps_model(xx: torch.Tensor, crossattn: torch.Tensor) -> torch.Tensor:
-            return self._eps(xx, a1111._with_crossattn(cond, crossattn))
+            def eps_model(xx: torch.Tensor, crossattn: torch.Tensor) -> torch.Tensor:
+                return self._eps(xx, a1111._with_crossattn(cond, crossattn))
 
-        with torch.enable_grad():
-            grads = token_gradients(eps_model, x, a1111._crossattn(cond), eps_e)
-        return result(prompt, scores, tau, **explain(a1111.host_tokens(text, prompt), grads).to_dict())
+            with torch.enable_grad():
+                grads = token_gradients(eps_model, x, a1111._crossattn(cond), eps_e)
+            tokens = a1111.host_tokens(text, prompt)
+        return result(prompt, scores, tau, **explain(tokens, grads).to_dict())
 
     def audit(self, prompts: Sequence[str], seeds: Sequence[int]) -> list[dict]:
         tau = self.threshold()
         out = []
         for prompt in prompts:
-            per_part = [self._scores(text, seeds)[0] for text in self._subprompts(prompt)]
+            with host_lock():
+                per_part = [self._scores(text, seeds)[0] for text in self._subprompts(prompt)]
             out.append(result(prompt, max(per_part, key=statistics.fmean), tau))
         return out
 

@@ -4,8 +4,9 @@
 options, ``p.scripts = scripts_txt2img``, ``p.script_args = args`` where ``args`` are the script inputs: ``args[0]``
 is the dropdown index). ``txt2img(p)`` is the rest of the host's ``txt2img``: inside ``closing(p)`` run the
 dropdown script (``scripts_txt2img.run(p, *p.script_args)``) or, when it returns None, ``process_images(p)``; the
-``state.begin()`` / ``state.end()`` around it stand for ``call_queue.wrap_gradio_gpu_call``. Returns the same
-4-tuple as the host: images, ``processed.js()``, info html, comments html.
+``call_queue.queue_lock`` and ``state.begin()`` / ``state.end()`` around it stand for
+``call_queue.wrap_gradio_gpu_call``. Returns the same 4-tuple as the host: images, ``processed.js()``, info html,
+comments html.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 from contextlib import closing
 from typing import Any
 
-from modules import processing, scripts, shared
+from modules import call_queue, processing, scripts, shared
 from modules.shared import opts
 from modules.ui_common import plaintext_to_html
 
@@ -34,14 +35,15 @@ def txt2img_create_processing(*args: Any, **fields: Any) -> processing.StableDif
 
 
 def txt2img(p: processing.StableDiffusionProcessingTxt2Img) -> tuple[list, str, str, str]:
-    shared.state.begin(job="txt2img")
-    try:
-        with closing(p):
-            processed = scripts.scripts_txt2img.run(p, *p.script_args)
-            if processed is None:
-                processed = processing.process_images(p)
-    finally:
-        shared.state.end()
+    with call_queue.queue_lock:
+        shared.state.begin(job="txt2img")
+        try:
+            with closing(p):
+                processed = scripts.scripts_txt2img.run(p, *p.script_args)
+                if processed is None:
+                    processed = processing.process_images(p)
+        finally:
+            shared.state.end()
     shared.total_tqdm.clear()
     generation_info_js = processed.js()
     if opts.do_not_show_images:
@@ -56,13 +58,14 @@ def txt2img(p: processing.StableDiffusionProcessingTxt2Img) -> tuple[list, str, 
 
 def run(p: processing.StableDiffusionProcessingTxt2Img) -> processing.Processed:
     """Test helper (not in the host): :func:`txt2img` but returning the ``Processed`` object itself."""
-    shared.state.begin(job="txt2img")
-    try:
-        with closing(p):
-            processed = scripts.scripts_txt2img.run(p, *p.script_args)
-            if processed is None:
-                processed = processing.process_images(p)
-    finally:
-        shared.state.end()
+    with call_queue.queue_lock:
+        shared.state.begin(job="txt2img")
+        try:
+            with closing(p):
+                processed = scripts.scripts_txt2img.run(p, *p.script_args)
+                if processed is None:
+                    processed = processing.process_images(p)
+        finally:
+            shared.state.end()
     shared.total_tqdm.clear()
     return processed
