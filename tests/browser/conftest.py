@@ -1,0 +1,57 @@
+"""Fixtures of the browser tests: one launcher and one Chromium for the whole session (see ``browser_helpers``)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+
+import pytest
+from browser_helpers import CHROMIUM, CHROMIUM_ARGS, REPO, Session, free_port, sync_playwright_api, wait_until_served
+
+from memguard.miniature import MODEL_DIR
+
+
+@pytest.fixture(scope="session")
+def sync_api():
+    return sync_playwright_api()
+
+
+@pytest.fixture(scope="session")
+def server(sync_api, request, tmp_path_factory) -> Iterator[str]:
+    model = MODEL_DIR if (MODEL_DIR / "unet").is_dir() else request.getfixturevalue("tiny_dir")
+    folder = tmp_path_factory.mktemp("launcher")
+    log = folder / "launcher.log"
+    port = free_port()
+    command = [sys.executable, "-m", "memguard.ui", "--model", str(model), "--port", str(port)]
+    command += ["--store", str(folder / "calibration.json")]
+    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "PYTHONUNBUFFERED": "1"}
+    with log.open("w") as handle:
+        proc = subprocess.Popen(command, cwd=REPO, stdout=handle, stderr=subprocess.STDOUT, env=env)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        wait_until_served(url, proc, log)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=15)
+
+
+@pytest.fixture(scope="session")
+def browser(sync_api):
+    with sync_api.sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def session(browser, server):
+    s = Session(browser, server)
+    yield s
+    s.page.close()
