@@ -21,11 +21,12 @@ INJECTIONS = [
     "{{7*7}} {{constructor.constructor('alert(1)')()}}",
     "</textarea><svg onload=alert(1)>",
 ]
+LONG_PROMPT = "a cat " * 1667  # 10,002 characters
 EDGE_PROMPTS = [
     "",
     "   ",
     "\t\n",
-    "a cat " * 1667,  # 10,002 characters
+    LONG_PROMPT,
     "(((((((((((((((((((( cat",
     "cat ))))))))]]]]]]]]",
     "\\(not emphasis\\) \\[nor this\\] \\\\",
