@@ -10,9 +10,18 @@ characters and markup.
 
 from __future__ import annotations
 
+import os
 from html.parser import HTMLParser
 
 from hypothesis import strategies as st
+
+SCALE = max(1, int(os.environ.get("MEMGUARD_FUZZ_SCALE", "1")))
+
+
+def examples(n: int) -> int:
+    """``n`` hypothesis examples (CI), times ``MEMGUARD_FUZZ_SCALE`` for a longer run by hand."""
+    return n * SCALE
+
 
 INJECTIONS = [
     "<img src=x onerror=alert(1)>",

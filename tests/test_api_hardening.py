@@ -18,7 +18,7 @@ pytest.importorskip("fastapi")
 import httpx  # noqa: E402
 import uvicorn  # noqa: E402
 from fastapi import FastAPI  # noqa: E402
-from hostile_prompts import INJECTIONS  # noqa: E402
+from hostile_prompts import INJECTIONS, examples  # noqa: E402
 from hypothesis import HealthCheck, example, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
@@ -244,7 +244,7 @@ RESULT = st.fixed_dictionaries(
                                                        "unet_forwards", "seconds"]), JSON) | JSON,
     },
 )
-FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FUZZ = settings(max_examples=examples(150), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 @FUZZ
@@ -263,7 +263,7 @@ def test_the_panel_never_fails_on_any_payload(served, results, target):
         assert_clear_4xx(response)
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(25), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.dictionaries(st.sampled_from(["prompts", "seeds", "explain", "fpr"]), JSON, max_size=3))
 def test_score_and_calibration_answer_any_json_object_without_a_server_error(served, body):
     for path, request in (("score", body), ("calibration", {"prompts": ["a"], **body})):  # not the bundled list

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from hostile_prompts import EDGE_PROMPTS, LONG_PROMPT, prompts
+from hostile_prompts import EDGE_PROMPTS, LONG_PROMPT, examples, prompts
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
@@ -23,7 +23,7 @@ from memguard.tokens import CHUNK, CONTEXT, load_tokenizer, tokenize
 
 pytestmark = pytest.mark.filterwarnings("ignore:Generating overly large repr")  # the 10,000-character edge case
 FAKE_PARSER = Path(__file__).resolve().parent / "fakehost" / "modules" / "prompt_parser.py"
-CORE = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+CORE = settings(max_examples=examples(150), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 @pytest.fixture(scope="module")
@@ -129,8 +129,8 @@ def test_edge_prompts_cover_the_issue_list():
 
 # --- the WebUI seam on the fake A1111 host ---------------------------------------------------------------------------
 STYLE = ("hostile", "{prompt}, masterpiece, (detailed:1.2)", "")
-SEAM = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-GENERATIONS = settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+SEAM = settings(max_examples=examples(40), deadline=None, suppress_health_check=[HealthCheck.too_slow])
+GENERATIONS = settings(max_examples=examples(10), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 @pytest.fixture(scope="module")
