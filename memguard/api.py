@@ -24,6 +24,7 @@ from typing import Any
 
 from . import __version__
 from .service import Service, benign_prompts
+from .tokens import well_formed
 
 PREFIX = "/memguard/v1"
 MAX_BODY = 256 * 1024
@@ -78,10 +79,10 @@ def parse_credentials(api_auth: str | None) -> dict[str, str]:
 def authorized(header: str | None, creds: dict[str, str]) -> bool:
     if not creds:
         return True
-    if not header or not header.startswith("Basic "):
+    if not header or header[:6].lower() != "basic ":  # the scheme is case-insensitive (RFC 7617)
         return False
     try:
-        user, _, password = base64.b64decode(header[6:], validate=True).decode("utf-8").partition(":")
+        user, _, password = base64.b64decode(header[6:].strip(), validate=True).decode("utf-8").partition(":")
     except (binascii.Error, UnicodeDecodeError):
         return False
     expected = creds.get(user)
@@ -139,6 +140,9 @@ def _prompts(data: dict, key: str, limit: int, required: bool = True) -> list[st
     long = next((i for i, p in enumerate(value) if len(p) > MAX_PROMPT_CHARS), None)
     if long is not None:
         raise BadRequest(f"'{key}'[{long}] is longer than {MAX_PROMPT_CHARS} characters", 413)
+    broken = next((i for i, p in enumerate(value) if not well_formed(p)), None)
+    if broken is not None:
+        raise BadRequest(f"'{key}'[{broken}] is not well-formed Unicode (an unpaired surrogate)", 422)
     return value
 
 

@@ -132,6 +132,7 @@ def test_every_route_but_the_panel_needs_the_hosts_credentials(served):
             assert response.status_code == 401, (method, path, headers)
             assert response.headers["www-authenticate"] == "Basic" and "model" not in response.text
         assert served.call(method, path, RIGHT).status_code == 200, (method, path)
+        assert served.call(method, path, {"Authorization": "basic" + RIGHT["Authorization"][5:]}).status_code == 200
 
 
 def test_the_panel_route_needs_no_credentials_and_no_model():
@@ -163,6 +164,7 @@ SCORE_BODIES = [
     {"prompts": ["a"], "explain": 1},
     {"prompts": ["a"] * (MAX_PROMPTS + 1)},
     {"prompts": ["x" * (MAX_PROMPT_CHARS + 1)]},
+    {"prompts": ["a \ud800 cat"]},  # an unpaired surrogate used to reach the tokenizer: a 500
 ]
 CALIBRATION_BODIES = [
     {"fpr": 0},
@@ -174,6 +176,7 @@ CALIBRATION_BODIES = [
     {"fpr": 0.1, "prompts": "a cat"},
     {"fpr": 0.1, "prompts": []},
     {"fpr": 0.1, "prompts": ["a"] * (MAX_CALIBRATION_PROMPTS + 1)},
+    {"fpr": 0.1, "prompts": ["a", "\udfff"]},
 ]
 RAW_BODIES = [
     b"{not json",

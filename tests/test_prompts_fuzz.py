@@ -89,6 +89,12 @@ def test_tokenize_spans_lie_inside_the_prompt(tk, prompt):
     assert len(tok.tokens) <= tok.n_chunks * CHUNK
 
 
+def test_tokenize_refuses_an_unpaired_surrogate_with_its_documented_error(tk):
+    """JSON and JavaScript strings can carry one (``"\\ud800"``); the tokenizer used to fail with a TypeError."""
+    with pytest.raises(ValueError, match="well-formed Unicode"):
+        tokenize(tk, "a \ud800 cat")
+
+
 @CORE
 @given(prompts(), prompts())
 def test_align_maps_equal_characters_in_order(typed, encoded):
@@ -239,3 +245,10 @@ def test_words_keep_their_text_when_the_hosts_chunks_cannot_be_mapped(host, monk
     words = explain(tok, torch.linspace(0, 1, CONTEXT)).to_dict()["words"]
     assert [w["text"] for w in words] == ["a", "red", "easy", "negative", "cat"]
     assert all((w["start"], w["end"]) == (-1, -1) for w in words)
+
+
+def test_the_tab_says_what_is_wrong_with_an_unpaired_surrogate(pipeline_service):
+    from memguard.ui import actions
+
+    html = actions.analyze(lambda: pipeline_service, "a \ud800 cat", 1)
+    assert "memguard-error" in html and "unpaired surrogate" in html
