@@ -257,6 +257,7 @@ FUZZ = settings(max_examples=examples(150), deadline=None, suppress_health_check
       "words": [{"start": 0, "end": 3, "normalized": 1e308}]}],
     "txt2img_prompt",
 )
+@example([{"score": 10**400, "threshold": 1, "flagged": True, "prompt": "x"}], None)  # no float holds it: was a 500
 def test_the_panel_never_fails_on_any_payload(served, results, target):
     payload = json.dumps({"results": results})
     response = served.client.post(f"{PREFIX}/panel", json={"payload": payload, "target": target})
