@@ -184,6 +184,7 @@ def assert_scored_or_explained(prompt: str, result: dict) -> None:
     if result["score"] is None:
         assert result["reason"], result
         return
+    assert result["flagged"] == (result["score"] > result["threshold"]), result  # flagged ones were explained
     assert_spans_inside(prompt, result["words"], "word")
 
 
