@@ -1,4 +1,4 @@
-"""Fixtures of the browser tests: one launcher and one Chromium for the whole session (see ``browser_helpers``)."""
+"""Fixtures of the browser tests: one launcher for the session, one Chromium per module (see ``browser_helpers``)."""
 
 from __future__ import annotations
 
@@ -13,13 +13,15 @@ from browser_helpers import CHROMIUM, CHROMIUM_ARGS, REPO, Session, free_port, s
 from memguard.miniature import MODEL_DIR
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def sync_api():
     return sync_playwright_api()
 
 
 @pytest.fixture(scope="session")
-def server(sync_api, request, tmp_path_factory) -> Iterator[str]:
+def server(request, tmp_path_factory) -> Iterator[str]:
+    """One launcher for every browser test (a process of its own: it outlives each module's Playwright)."""
+    sync_playwright_api()  # skip, with the reason, before starting anything
     model = MODEL_DIR if (MODEL_DIR / "unet").is_dir() else request.getfixturevalue("tiny_dir")
     folder = tmp_path_factory.mktemp("launcher")
     log = folder / "launcher.log"
@@ -42,8 +44,9 @@ def server(sync_api, request, tmp_path_factory) -> Iterator[str]:
             proc.wait(timeout=15)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser(sync_api):
+    """Chromium per module: Playwright's sync API keeps an event loop on the main thread while it runs."""
     with sync_api.sync_playwright() as playwright:
         chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         yield chromium
