@@ -194,21 +194,31 @@ def assert_scored_or_explained(prompt: str, result: dict) -> None:
 @example(LONG_PROMPT, [STYLE[0]], "Euler a")
 @example("   ", [STYLE[0]], "DDIM")
 @example("[cat:dog:0.5] [a|b] <lora:x:0.8> (BREAK) \\(x\\) AND y :0.3", [], "Euler a")
+@example("(a:9999999999999999999999999999999999999999)", [], "Euler a")  # the host's own NaN check fails it
 def test_a_watched_generation_completes_unchanged_and_reports_on_the_typed_prompt(host, prompt, styles, sampler):
+    """The same outcome with memguard watching as without: the same images, or the same error from the host."""
     import numpy as np
     from modules import shared
     from webui_helpers import data, generate, pixels
 
-    shared.opts.memguard_threshold, shared.opts.memguard_watch = 1e-9, True  # flag, and so explain, every image
-    job = dict(prompt=prompt, styles=styles, sampler_name=sampler, steps=2, seed=3)
-    watched = generate(host, **job)
+    def outcome(watch: bool):
+        shared.opts.memguard_watch = watch
+        try:
+            return generate(host, prompt=prompt, styles=styles, sampler_name=sampler, steps=2, seed=3)
+        except Exception as err:  # the host refusing the prompt is part of the outcome
+            return err
+
+    shared.opts.memguard_threshold = 1e-9  # flag, and so explain, every image
+    watched, plain = outcome(True), outcome(False)
+    if isinstance(plain, Exception):
+        assert type(watched) is type(plain) and str(watched) == str(plain)
+        return
+    assert not isinstance(watched, Exception), watched
     report = data(watched)
     assert report["errors"] == []
     for result in report["results"]:
         assert result["prompt"] == prompt
         assert_scored_or_explained(prompt, result)
-    shared.opts.memguard_watch = False
-    plain = generate(host, **job)
     assert all(np.array_equal(a, b) for a, b in zip(pixels(watched), pixels(plain), strict=True))
 
 
