@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 import fakehost  # noqa: E402
 import generation_mix  # noqa: E402
-from conftest import build_tiny_model  # noqa: E402
+from tiny_model import build_tiny_model  # noqa: E402
 
 
 def main() -> None:

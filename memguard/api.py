@@ -3,9 +3,15 @@
 The WebUI protects only its own ``/sdapi`` routes with ``--api-auth`` (A1111 1.10.1 ``modules/api/api.py``,
 ``Api.auth``); extension routes are open unless they check credentials themselves. These routes require the same
 HTTP Basic credentials whenever the host was started with ``--api-auth``. Requests are parsed by hand (not by
-pydantic, whose major version differs between A1111 and Forge) and bounded: body size, number and length of prompts,
-seeds; anything malformed gets a 4xx with a message naming the problem. Model calls are serialized by a lock, so
-concurrent clients each get their own results.
+pydantic, whose major version differs between A1111 and Forge) and bounded: body size (announced or streamed),
+number and length of prompts, seeds; anything malformed gets a 4xx with a message naming the problem. A POST must
+say ``Content-Type: application/json``: a browser cannot send that to another origin without a CORS preflight,
+which the WebUI refuses unless configured, so a web page cannot make a visitor's browser calibrate or score.
+Model calls are serialized by a lock (and, in the WebUI, by the host's generation lock), so concurrent clients each
+get their own results.
+
+``/panel`` is the exception to the credentials rule: it only formats the results a page already holds (no model,
+no stored state), for ``javascript/memguard.js``, which runs in the WebUI's page and has no credentials to send.
 """
 
 import base64
@@ -18,6 +24,7 @@ from typing import Any
 
 from . import __version__
 from .service import Service, benign_prompts
+from .tokens import well_formed
 
 PREFIX = "/memguard/v1"
 MAX_BODY = 256 * 1024
@@ -72,26 +79,54 @@ def parse_credentials(api_auth: str | None) -> dict[str, str]:
 def authorized(header: str | None, creds: dict[str, str]) -> bool:
     if not creds:
         return True
-    if not header or not header.startswith("Basic "):
+    if not header or header[:6].lower() != "basic ":  # the scheme is case-insensitive (RFC 7617)
         return False
     try:
-        user, _, password = base64.b64decode(header[6:], validate=True).decode("utf-8").partition(":")
+        user, _, password = base64.b64decode(header[6:].strip(), validate=True).decode("utf-8").partition(":")
     except (binascii.Error, UnicodeDecodeError):
         return False
     expected = creds.get(user)
     return expected is not None and secrets.compare_digest(password.encode(), expected.encode())
 
 
+def _no_constant(name: str) -> None:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _json(raw: bytes | str, what: str = "body", status: int = 400) -> Any:
+    """Standard JSON only (Python's parser also takes ``NaN`` and ``Infinity``: no field may hold them)."""
+    try:
+        return json.loads(raw, parse_constant=_no_constant)
+    except (ValueError, UnicodeDecodeError) as err:
+        raise BadRequest(f"{what} is not valid JSON: {err}", status) from err
+    except RecursionError as err:
+        raise BadRequest(f"{what} nests too deeply", status) from err
+
+
 def _body(raw: bytes) -> dict:
     if len(raw) > MAX_BODY:
         raise BadRequest(f"request body over {MAX_BODY} bytes", 413)
-    try:
-        data = json.loads(raw or b"{}")
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise BadRequest(f"body is not valid JSON: {err}") from err
+    data = _json(raw or b"{}")
     if not isinstance(data, dict):
         raise BadRequest("body must be a JSON object")
     return data
+
+
+async def read_body(request: Any) -> dict:
+    """The JSON object a POST carries: 415 unless it says it is JSON, 413 past :data:`MAX_BODY` bytes (read no
+    further than that, whatever ``Content-Length`` says), 400 when it is not a JSON object."""
+    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if kind != "application/json":
+        raise BadRequest(f"send the body as JSON with 'Content-Type: application/json', not {kind or 'nothing'!r}", 415)
+    announced = request.headers.get("content-length")
+    if announced is not None and (not announced.isdigit() or int(announced) > MAX_BODY):
+        raise BadRequest(f"request body over {MAX_BODY} bytes", 413)
+    raw = bytearray()
+    async for chunk in request.stream():
+        raw += chunk
+        if len(raw) > MAX_BODY:
+            raise BadRequest(f"request body over {MAX_BODY} bytes", 413)
+    return _body(bytes(raw))
 
 
 def _prompts(data: dict, key: str, limit: int, required: bool = True) -> list[str] | None:
@@ -105,6 +140,9 @@ def _prompts(data: dict, key: str, limit: int, required: bool = True) -> list[st
     long = next((i for i, p in enumerate(value) if len(p) > MAX_PROMPT_CHARS), None)
     if long is not None:
         raise BadRequest(f"'{key}'[{long}] is longer than {MAX_PROMPT_CHARS} characters", 413)
+    broken = next((i for i, p in enumerate(value) if not well_formed(p)), None)
+    if broken is not None:
+        raise BadRequest(f"'{key}'[{broken}] is not well-formed Unicode (an unpaired surrogate)", 422)
     return value
 
 
@@ -134,6 +172,7 @@ def register_routes(app: Any, service_factory: Callable[[], Service], api_auth: 
     """Add the routes to a FastAPI app (the WebUI's, from ``on_app_started``)."""
     from fastapi import Request
     from fastapi.responses import JSONResponse
+    from starlette.concurrency import run_in_threadpool
 
     creds = parse_credentials(api_auth)
     lock = threading.Lock()
@@ -143,14 +182,7 @@ def register_routes(app: Any, service_factory: Callable[[], Service], api_auth: 
             if not authorized(request.headers.get("authorization"), creds):
                 return JSONResponse({"error": "authentication required"}, 401, {"WWW-Authenticate": "Basic"})
             try:
-                length = int(request.headers.get("content-length") or 0)
-            except ValueError:
-                length = 0
-            if length > MAX_BODY:
-                return JSONResponse({"error": f"request body over {MAX_BODY} bytes"}, 413)
-            try:
-                data = _body(await request.body()) if needs_body else {}
-                from starlette.concurrency import run_in_threadpool
+                data = await read_body(request) if needs_body else {}
 
                 def call():
                     with lock:
@@ -175,18 +207,23 @@ def register_routes(app: Any, service_factory: Callable[[], Service], api_auth: 
 
     async def panel(request: Request):
         """Render the warning panel for a generation's results (pure formatting: no model, no credentials)."""
-        raw = await request.body()
         try:
-            data = _body(raw)
-            results = json.loads(data.get("payload", "{}")).get("results", [])
+            data = await read_body(request)
+            payload = data.get("payload", "{}")
+            if not isinstance(payload, str):
+                raise BadRequest("'payload' must be the JSON text after 'memguard-data:'", 422)
+            parsed = _json(payload, "'payload'", 422)
+            results = parsed.get("results", []) if isinstance(parsed, dict) else None
             target = data.get("target") if data.get("target") in ("txt2img_prompt", "img2img_prompt") else None
             if not isinstance(results, list) or not all(isinstance(r, dict) for r in results):
                 raise BadRequest("'payload' must hold a list of results", 422)
             from .ui.panel import render_panel
 
             return JSONResponse({"html": render_panel(results, target)})
-        except (BadRequest, json.JSONDecodeError, AttributeError, KeyError, TypeError, ValueError) as err:
-            return JSONResponse({"error": f"cannot render the panel: {err}"}, 422)
+        except BadRequest as err:
+            return JSONResponse({"error": f"cannot render the panel: {err}"}, err.status)
+        except (AttributeError, KeyError, TypeError, ValueError) as err:  # results of the wrong shape
+            return JSONResponse({"error": f"cannot render the panel: {type(err).__name__}: {err}"}, 422)
 
     app.add_api_route(f"{PREFIX}/panel", panel, methods=["POST"])
     app.add_api_route(f"{PREFIX}/version", guarded(version, False), methods=["GET"])

@@ -128,12 +128,17 @@ class Explanation:
     tokens: list[TokenScore]
 
     def words(self) -> list[WordScore]:
-        """Group pieces into the words the user typed: pieces that share characters, or letters that touch."""
+        """Group pieces into the words the user typed: pieces that share characters, or letters that touch.
+
+        A piece without a span (``start == -1``: the host's chunks could not be mapped to the prompt, e.g. textual
+        inversion) is a word of its own, with the piece's text and the span ``(-1, -1)``.
+        """
         groups: list[list[TokenScore]] = []
         for t in self.tokens:
             prev = groups[-1][-1] if groups else None
-            touching = prev is not None and t.start == prev.end and t.text[:1].isalnum() and prev.text[-1:].isalnum()
-            if prev is not None and (t.start < prev.end or touching):
+            spanned = prev is not None and prev.start >= 0 and t.start >= 0
+            touching = spanned and t.start == prev.end and t.text[:1].isalnum() and prev.text[-1:].isalnum()
+            if spanned and (t.start < prev.end or touching):
                 groups[-1].append(t)
             else:
                 groups.append([t])
@@ -141,7 +146,8 @@ class Explanation:
         for g in groups:
             best = max(g, key=lambda t: t.value)
             start, end = g[0].start, max(t.end for t in g)
-            out.append(WordScore(self.prompt[start:end], start, end, best.value, best.normalized))
+            text = self.prompt[start:end] if start >= 0 else g[0].text
+            out.append(WordScore(text, start, end, best.value, best.normalized))
         return out
 
     def top(self, k: int = 3) -> list[WordScore]:

@@ -76,12 +76,15 @@ def parse_attention(text: str) -> list[Fragment]:
             multiply(square_open.pop(), 1 / 1.1)
         else:
             cursor = 0
-            for i, piece in enumerate(_BREAK.split(token)):
-                at = token.index(piece, cursor) if piece else cursor
-                if i > 0:
-                    res.append(Fragment("BREAK", -1))
-                res.append(Fragment(piece, 1.0, list(range(m.start() + at, m.start() + at + len(piece)))))
-                cursor = at + len(piece)
+            for brk in [*_BREAK.finditer(token), None]:
+                end = brk.start() if brk is not None else len(token)
+                res.append(Fragment(token[cursor:end], 1.0, list(range(m.start() + cursor, m.start() + end))))
+                if brk is not None:
+                    # the keyword keeps its characters: inside brackets its weight is scaled and the host then
+                    # encodes it as the word "BREAK"
+                    at = m.start() + brk.start() + brk.group(0).index("BREAK")
+                    res.append(Fragment("BREAK", -1, list(range(at, at + len("BREAK")))))
+                    cursor = brk.end()
     for pos in round_open:
         multiply(pos, 1.1)
     for pos in square_open:

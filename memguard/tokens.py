@@ -125,11 +125,24 @@ def position_of(index: int) -> int:
     return chunk * CONTEXT + 1 + offset
 
 
+def well_formed(text: str) -> bool:
+    """Whether ``text`` is well-formed Unicode (no unpaired surrogate, which JSON and JavaScript strings can carry
+    but no tokenizer encodes)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def tokenize(tokenizer, prompt: str, max_chunks: int | None = None) -> Tokenized:
     """Tokenize ``prompt`` into 75-token chunks framed as SD's 77-token contexts, with character spans.
 
-    ``max_chunks=1`` reproduces the plain diffusers truncation to 77 tokens.
+    ``max_chunks=1`` reproduces the plain diffusers truncation to 77 tokens. Raises ``ValueError`` for a prompt that
+    is not :func:`well_formed`.
     """
+    if not well_formed(prompt):
+        raise ValueError("the prompt is not well-formed Unicode (it holds an unpaired surrogate)")
     enc = tokenizer(prompt, add_special_tokens=False, return_offsets_mapping=True, truncation=False)
     ids, offsets = enc["input_ids"], enc["offset_mapping"]
     n_chunks = max(1, -(-len(ids) // CHUNK))

@@ -2,58 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 import pytest
 import torch
+from tiny_model import build_tiny_model
 
-from memguard.miniature.train import DDIM_CONFIG
-from memguard.tokens import write_tokenizer_files
-
-SCHEDULER = {"_class_name": "DDIMScheduler", **DDIM_CONFIG}  # SD1's DDIM configuration
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def build_tiny_model(path: Path, prediction_type: str = "epsilon", seed: int = 0) -> Path:
-    """Save a random tiny SD1-shaped model (pixel space, 3x8x8, 32-wide text features) in diffusers layout."""
-    from diffusers import UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
-
-    torch.manual_seed(seed)
-    unet = UNet2DConditionModel(
-        sample_size=8,
-        in_channels=3,
-        out_channels=3,
-        block_out_channels=(16, 32),
-        layers_per_block=1,
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=32,
-        attention_head_dim=8,
-        norm_num_groups=8,
-    )
-    text = CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=49408,
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            max_position_embeddings=77,
-            bos_token_id=49406,
-            eos_token_id=49407,
-            pad_token_id=49407,
-        )
-    )
-    unet.save_pretrained(path / "unet")
-    text.save_pretrained(path / "text_encoder")
-    write_tokenizer_files(path / "tokenizer")
-    (path / "scheduler").mkdir(parents=True, exist_ok=True)
-    config = {**SCHEDULER, "prediction_type": prediction_type}
-    (path / "scheduler" / "scheduler_config.json").write_text(json.dumps(config))
-    return path
 
 
 @pytest.fixture(scope="session")

@@ -142,7 +142,7 @@ def test_positions_kept():
 
 
 def test_v_prediction_eps_by_hand(tmp_path):
-    from conftest import build_tiny_model
+    from tiny_model import build_tiny_model
 
     model = Model.load(build_tiny_model(tmp_path / "v", prediction_type="v_prediction"))
     assert model.prediction_type == "v_prediction"
@@ -162,7 +162,7 @@ def test_v_prediction_eps_by_hand(tmp_path):
 
 def test_v_prediction_sample_matches_diffusers_v_scheduler(tmp_path):
     """DDIM on eps converted from v equals diffusers' own DDIM with ``prediction_type="v_prediction"``."""
-    from conftest import build_tiny_model
+    from tiny_model import build_tiny_model
 
     model_dir = build_tiny_model(tmp_path / "v", prediction_type="v_prediction")
     model = Model.load(model_dir)

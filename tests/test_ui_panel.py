@@ -5,10 +5,10 @@ from __future__ import annotations
 import csv
 import json
 import xml.etree.ElementTree as ET
-from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
+from hostile_prompts import Markup
 
 from memguard.ui import actions
 from memguard.ui.charts import bin_scores, histogram_svg
@@ -17,25 +17,6 @@ from memguard.ui.panel import heat_level, highlight_prompt, render_analysis, ren
 
 ATTACKS = ["<img src=x onerror=alert(1)>", '"><script>alert(1)</script>']
 ALLOWED_TAGS = {"div", "span", "p", "b", "ul", "li", "table", "thead", "tbody", "tr", "th", "td"}
-
-
-class Markup(HTMLParser):
-    """Tags, attributes and text of an HTML fragment, as a browser's parser would see them."""
-
-    def __init__(self, text: str):
-        super().__init__(convert_charrefs=True)
-        self.tags: list[str] = []
-        self.attrs: list[tuple[str, str | None]] = []
-        self.text: list[str] = []
-        self.feed(text)
-        self.close()
-
-    def handle_starttag(self, tag, attrs):
-        self.tags.append(tag)
-        self.attrs.extend(attrs)
-
-    def handle_data(self, data):
-        self.text.append(data)
 
 
 def words_for(prompt: str) -> list[dict]:
@@ -174,7 +155,7 @@ def test_heat_levels(normalized, level):
     assert heat_level(normalized) == level
 
 
-@pytest.mark.parametrize("odd", [None, float("nan"), float("inf"), -3.0, 7.0])
+@pytest.mark.parametrize("odd", [None, float("nan"), float("inf"), -3.0, 7.0, 1e308, -1e308])
 def test_heat_level_of_odd_values_is_in_range(odd):
     assert 0 <= heat_level(odd) <= 4
 
@@ -254,12 +235,18 @@ def test_parse_text_jsonl_and_json_array():
     assert parse_prompts(json.dumps(["a", {"prompt": "b"}, {"caption": "c"}, " "])) == ["a", "b", "c"]
 
 
+def test_prompts_in_the_webuis_brackets_are_not_taken_for_json():
+    text = "[cat:dog:0.5] in a garden\n{red|blue} cat\n{{7*7}}\n[1girl, solo]\n{prompt}, masterpiece\n"
+    assert parse_prompts(text) == text.splitlines()
+    assert parse_prompts("[1, 2]") == ["[1, 2]"]
+
+
 @pytest.mark.parametrize(
     ("content", "fragment"),
     [
         (b'{"prompt": 3}\n', "has no 'prompt' or 'caption' string"),
         (b'{"prompt": "a",\n', "line 1, is not valid JSON"),
-        (b"[1, 2", "not valid JSON"),
+        (b'["a", 2', "not valid JSON"),
         (b"\xff\xfe\x00a", "not a text file"),
         (b"caf\xe9\n", "is not UTF-8 text"),
         (b"\n  \n", "holds no prompt"),

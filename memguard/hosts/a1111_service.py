@@ -7,7 +7,10 @@ unit Gaussian noise drawn from the seed on the CPU, the latent is 64x64 (512 px;
 reference is the model's own encoding of the empty prompt. Scores from the tab, the API, calibration and the
 watcher at a k-diffusion sampler's first step are therefore on the same scale.
 
-The model is used only while holding the host's GPU queue lock (``a1111.host_queue``): never beside a generation.
+The tab and the API run on other threads than the generations (A1111 lets gradio run 64 events at once), and a
+generation may have hooks on the UNet (memguard's own attention edit, other extensions'), offload it, or need all
+the accelerator's memory. Every model use here therefore holds the host's ``queue_lock`` (``a1111.host_queue``;
+A1111 1.10 ``modules/call_queue.py``, kept by Forge), the lock every generation holds, one prompt at a time.
 
 Token significance is ``memguard.explain.significance``: Wen's gradient, or occlusion where the weights refuse a
 backward pass (Forge's are inference tensors, see ``forge_service``), said in the result's ``note``.
@@ -103,8 +106,13 @@ class A1111Service:
             return self._analyze(prompt, seeds)
 
     def audit(self, prompts: Sequence[str], seeds: Sequence[int]) -> list[dict]:
-        with a1111.host_queue():
-            return self._audit(prompts, seeds)
+        tau = self.threshold()
+        out = []
+        for prompt in prompts:  # the lock prompt by prompt: a generation can start between two
+            with a1111.host_queue():
+                per_part = [self._scores(text, seeds)[0] for text in self._subprompts(prompt)]
+            out.append(result(prompt, max(per_part, key=statistics.fmean), tau))
+        return out
 
     def calibrate(self, prompts: Sequence[str], fpr: float) -> dict:
         store = a1111.store()
@@ -132,11 +140,3 @@ class A1111Service:
         positions = [t.position for t in tokens.tokens]
         values, note = significance(eps_model, x, a1111._crossattn(cond), eps_e, empty, positions)
         return result(prompt, scores, tau, **explain(tokens, values).to_dict(), note=note)
-
-    def _audit(self, prompts: Sequence[str], seeds: Sequence[int]) -> list[dict]:
-        tau = self.threshold()
-        out = []
-        for prompt in prompts:
-            per_part = [self._scores(text, seeds)[0] for text in self._subprompts(prompt)]
-            out.append(result(prompt, max(per_part, key=statistics.fmean), tau))
-        return out

@@ -16,6 +16,7 @@ from typing import Any
 
 from ..calibrate import CalibrationStoreError
 from ..service import Service, benign_prompts
+from ..tokens import well_formed
 from .charts import histogram_svg
 from .files import PromptFileError, read_prompt_file, upload_path, write_audit_csv
 from .panel import esc, fmt, message, render_analysis
@@ -95,6 +96,8 @@ def analyze(
         text = prompt or ""
         if not text.strip():
             raise UserError("Enter a prompt to analyze: the prompt box is empty.")
+        if not well_formed(text):
+            raise UserError("The prompt holds a broken character (an unpaired surrogate): retype or remove it.")
         seeds = seeds_from_count(seed_count)
         service = get_service(factory)
         progress(0.1, desc=f"Scoring and explaining on {len(seeds)} seed(s)")

@@ -1,7 +1,9 @@
 """Prompt files in, CSV reports out, for the Calibrate and Batch audit panes.
 
 A prompt file is UTF-8 text with one prompt per line, or JSON lines whose objects carry a ``prompt`` or ``caption``
-string (the command line's format), or a JSON array of such objects or of strings. Blank lines are skipped.
+string (the command line's format), or a JSON array of such objects or of strings. Blank lines are skipped. JSON is
+recognised by its opening (``[`` or ``{`` then a string, an object or the closing bracket), so prompts that start
+with the WebUI's own brackets (``[cat:dog:0.5] ...``, ``{red|blue} cat``) are prompts.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import csv
 import json
 import math
 import os
+import re
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,6 +20,8 @@ from pathlib import Path
 MAX_FILE_BYTES = 64 * 1024 * 1024
 FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 CSV_COLUMNS = ("index", "prompt", "score", "threshold", "flagged", "seed_scores")
+JSON_ARRAY = re.compile(r'\[\s*["{\]]')
+JSON_OBJECT = re.compile(r'\{\s*["}]')
 
 
 class PromptFileError(ValueError):
@@ -46,7 +51,7 @@ def _text_of(row: object, where: str) -> str:
 def parse_prompts(text: str, name: str = "the file") -> list[str]:
     """Prompts from a file's text (see the module docstring); raises :class:`PromptFileError` on bad JSON."""
     stripped = text.lstrip("\ufeff").strip()
-    if stripped.startswith("["):
+    if JSON_ARRAY.match(stripped):
         try:
             rows = json.loads(stripped)
         except json.JSONDecodeError as err:
@@ -57,7 +62,7 @@ def parse_prompts(text: str, name: str = "the file") -> list[str]:
     prompts = []
     for number, line in enumerate(stripped.splitlines(), start=1):
         prompt = line
-        if line.lstrip().startswith("{"):
+        if JSON_OBJECT.match(line.lstrip()):
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as err:

@@ -30,18 +30,28 @@ def esc(value: object) -> str:
     return html.escape(str(value), quote=True)
 
 
+def finite(value: object) -> bool:
+    """Whether ``value`` is a finite number (a bool is not; an int too large for a float is not)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
+
+
 def fmt(value: float | None, digits: int = 4) -> str:
     """A score for people: ``digits`` significant digits, or an em dash when there is none."""
-    if value is None or not isinstance(value, int | float) or not math.isfinite(value):
+    if not finite(value):
         return "\u2014"
     return f"{value:.{digits}g}"
 
 
 def heat_level(normalized: float | None) -> int:
     """Map a word's share of the prompt's strongest word (0..1) to one of :data:`HEAT_LEVELS` colour classes."""
-    if normalized is None or not isinstance(normalized, int | float) or not math.isfinite(normalized):
+    if not finite(normalized):
         return 0
-    return max(0, min(HEAT_LEVELS - 1, int(normalized * HEAT_LEVELS)))
+    return max(0, min(HEAT_LEVELS - 1, int(min(max(normalized, 0.0), 1.0) * HEAT_LEVELS)))
 
 
 def _clean_words(prompt: str, words: Iterable[Mapping[str, Any]] | None) -> list[Mapping[str, Any]]:
@@ -206,12 +216,12 @@ def message(text: str, kind: str = "error") -> str:
 
 def seed_rows(seeds: Sequence[int], scores: Sequence[float | None], threshold: float | None) -> str:
     """Per-seed scores against the threshold, with a small meter (the threshold is the mark at 60%)."""
-    finite = [s for s in scores if isinstance(s, int | float) and math.isfinite(s)]
+    shown = [s for s in scores if finite(s)]
     marked = threshold is not None and threshold > 0
-    top = threshold / 0.6 if marked else (max(finite, default=0.0) * 1.1 or 1.0)
+    top = threshold / 0.6 if marked else (max(shown, default=0.0) * 1.1 or 1.0)
     rows = []
     for seed, score in zip(seeds, scores):
-        ok = isinstance(score, int | float) and math.isfinite(score)
+        ok = finite(score)
         over = ok and threshold is not None and score > threshold
         width = min(100.0, max(0.0, 100.0 * score / top)) if ok and top > 0 else 0.0
         state = "over" if over else ("none" if not ok or threshold is None else "under")

@@ -5,49 +5,39 @@ WebUI-like page (``webui_page.py``: the A1111 double generating with memguard lo
 
 from __future__ import annotations
 
-import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from test_tab_browser import ATTACK, CHROMIUM, CHROMIUM_ARGS, REPO, _free_port, _sync_api, _wait_until_served
+from browser_helpers import REPO, free_port, serve, sync_playwright_api
 
 pytestmark = pytest.mark.browser
 PAGE = Path(__file__).with_name("webui_page.py")
 LOG = "#html_log_txt2img"
+ATTACK = "<img src=x onerror=alert(1)>"
 
 
 @pytest.fixture(scope="module")
 def webui(request, tmp_path_factory) -> Iterator[str]:
-    _sync_api()
+    sync_playwright_api()  # skip, with the reason, before starting anything
     model = request.getfixturevalue("tiny_dir")
-    log = tmp_path_factory.mktemp("webui") / "webui.log"
-    port = _free_port()
-    with log.open("w") as handle:
-        command = [sys.executable, str(PAGE), "--model", str(model), "--port", str(port)]
-        proc = subprocess.Popen(command, cwd=REPO, stdout=handle, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}/"
-    try:
-        _wait_until_served(url, proc, log)
+    port = free_port()
+    command = [sys.executable, str(PAGE), "--model", str(model), "--port", str(port)]
+    with serve(command, tmp_path_factory.mktemp("webui") / "webui.log", port) as url:
         yield url
-    finally:
-        proc.terminate()
-        proc.wait(timeout=15)
 
 
 @pytest.fixture
-def page(webui):
-    with _sync_api().sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        page = chromium.new_page(viewport={"width": 1100, "height": 900})
-        page.dialogs, page.errors = [], []
-        page.on("dialog", lambda dialog: (page.dialogs.append(dialog.message), dialog.dismiss()))
-        page.on("pageerror", lambda err: page.errors.append(str(err)))
-        page.goto(webui)
-        page.wait_for_selector("#txt2img_prompt textarea")
-        yield page
-        chromium.close()
+def page(browser, webui):
+    page = browser.new_page(viewport={"width": 1100, "height": 900})
+    page.dialogs, page.errors = [], []
+    page.on("dialog", lambda dialog: (page.dialogs.append(dialog.message), dialog.dismiss()))
+    page.on("pageerror", lambda err: page.errors.append(str(err)))
+    page.goto(webui)
+    page.wait_for_selector("#txt2img_prompt textarea")
+    yield page
+    page.close()
 
 
 def generate(page, prompt: str, watch: bool = True) -> None:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from modules import processing, script_callbacks, scripts, sd_models, shared, txt2img, ui
+from modules import call_queue, processing, script_callbacks, scripts, sd_models, shared, txt2img, ui
 
 
 class FakeApp:
@@ -85,13 +85,13 @@ def start(
     sd_model = sd_models.load_model(model_dir)
     app = FakeApp()
     if nowebui:
-        api_obj = Api(app)
+        api_obj = Api(app, call_queue.queue_lock)
         script_callbacks.before_ui_callback()
         script_callbacks.app_started_callback(None, app)
         return Host(sd_model, None, app, api_obj)
     script_callbacks.before_ui_callback()
     demo = ui.create_ui()
     shared.demo = demo
-    api_obj = Api(app) if api else None
+    api_obj = Api(app, call_queue.queue_lock) if api else None
     script_callbacks.app_started_callback(demo, app)
     return Host(sd_model, demo, app, api_obj)

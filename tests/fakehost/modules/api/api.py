@@ -18,7 +18,7 @@ import io
 from contextlib import closing
 from typing import Any
 
-from modules import scripts, sd_samplers, shared
+from modules import call_queue, scripts, sd_samplers, shared
 from modules.api import models
 from modules.processing import StableDiffusionProcessingTxt2Img, process_images
 
@@ -54,6 +54,7 @@ def encode_pil_to_base64(image) -> str:
 class Api:
     def __init__(self, app: Any = None, queue_lock: Any = None):
         self.app = app
+        self.queue_lock = queue_lock if queue_lock is not None else call_queue.queue_lock
         self.default_script_arg_txt2img: list = []
         self.default_script_arg_img2img: list = []
         txt2img_runner, img2img_runner = scripts.scripts_txt2img, scripts.scripts_img2img
@@ -163,7 +164,7 @@ class Api:
         send_images = args.pop("send_images", True)
         args.pop("save_images", None)
 
-        with closing(StableDiffusionProcessingTxt2Img(sd_model=shared.sd_model, **args)) as p:
+        with self.queue_lock, closing(StableDiffusionProcessingTxt2Img(sd_model=shared.sd_model, **args)) as p:
             p.is_api = True
             p.scripts = script_runner
             p.outpath_grids = shared.opts.outdir_txt2img_grids
