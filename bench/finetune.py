@@ -1,0 +1,175 @@
+"""Training-time mitigation on the miniature: fine-tune on a folder with duplicated images, without and with the filter.
+
+The fine-tune data are drawn like the miniature's own (:mod:`memguard.miniature.data`, another seed): ``--general``
+general images with their captions plus ``--duplicated`` new detailed images, each with a new invented-name caption
+and repeated ``--copies`` times (what a small captioned folder with repeats looks like). Both runs start from the
+shipped miniature weights and see the same batches, noise and timesteps (same seed, same steps); the filtered run
+drops, at each step, the samples with ``d >= threshold`` at their training timestep (:mod:`memguard.training`).
+
+The threshold is calibrated the way a user can, without knowing which images are duplicated: ``d`` of the base
+model on every distinct (image, caption) pair of the folder at ``--draws`` random training timesteps each, the
+``--quantile`` per tenth of the timestep range.
+
+* replication: share of generations of the duplicated captions (``--seeds`` each) whose RMS pixel distance to their
+  training image is below ``tau``, the 1st percentile of the base model's general generations' distance to the
+  nearest duplicated image (as bench/mitigation.py);
+* fidelity: attribute accuracy on the miniature's held-out general prompts (``fidelity.attribute_accuracy``);
+* training time ratio (filtered / unfiltered wall time of the training loop) and the samples the filter dropped.
+
+    OMP_NUM_THREADS=2 .venv/bin/python bench/finetune.py [--steps 400] [--seeds 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import statistics
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from common import Timer, generate, labelled, setup, table
+
+from memguard.miniature import train
+from memguard.miniature.data import caption, render_general, render_memorized, sample_labels
+from memguard.miniature.fidelity import attribute_accuracy, copy_distance
+from memguard.training import TimestepThreshold, memorization_filter, training_magnitudes
+
+LEARNING_RATE = 5e-4
+
+
+def folder(seed: int, n_general: int, n_duplicated: int, copies: int, avoid: set[str]):
+    """Images, captions and a duplicated flag per training pair, plus the duplicated images and their captions."""
+    rng = np.random.default_rng(seed)
+    labels = [sample_labels(rng) for _ in range(n_general)]
+    images = [render_general(rng, lab) for lab in labels]
+    captions = [caption(rng, lab) for lab in labels]
+    names: list[str] = []
+    while len(names) < n_duplicated:
+        text = caption(rng, sample_labels(rng))
+        if text not in avoid and text not in captions and text not in names:
+            names.append(text)
+    originals = [render_memorized(rng) for _ in names]
+    images += [image for image in originals for _ in range(copies)]
+    captions += [name for name in names for _ in range(copies)]
+    duplicated = torch.tensor([False] * n_general + [True] * (n_duplicated * copies))
+    return torch.from_numpy(np.stack(images)), captions, duplicated, names, originals
+
+
+def calibrate(model, images, contexts, quantile: float, draws: int, seed: int) -> TimestepThreshold:
+    """Per-bucket quantile of the base model's ``d`` on the distinct pairs of the folder (no labels used)."""
+    from diffusers import DDPMScheduler
+
+    generator = torch.Generator().manual_seed(seed)
+    scheduler = DDPMScheduler(**train.SCHEDULE)
+    d, t = [], []
+    for _ in range(draws):
+        for rows in torch.arange(len(images)).split(64):
+            dd, tt = training_magnitudes(model.unet, images[rows], contexts[rows], model.empty(), scheduler, generator)
+            d.append(dd)
+            t.append(tt)
+    return TimestepThreshold.calibrate(torch.cat(d), torch.cat(t), quantile=quantile)
+
+
+def finetune(model, images, contexts, duplicated, steps: int, seed: int, threshold: TimestepThreshold | None):
+    """The training loop of the README's example: epsilon loss, caption dropout, the filter when ``threshold``."""
+    from diffusers import DDPMScheduler
+
+    torch.manual_seed(seed)
+    unet = copy.deepcopy(model.unet).train().requires_grad_(True)
+    scheduler = DDPMScheduler(**train.SCHEDULE)
+    optimizer = torch.optim.AdamW(unet.parameters(), lr=LEARNING_RATE, betas=(0.9, 0.99), weight_decay=0.0)
+    generator = torch.Generator().manual_seed(seed + 1)
+    empty = model.empty()
+    dropped = {"duplicated": 0, "general": 0, "skipped steps": 0}
+    for _, pairs in zip(range(steps), train.batches(len(images), generator)):
+        x0, context = images[pairs], contexts[pairs].clone()
+        context[torch.rand(len(pairs), generator=generator) < train.CAPTION_DROPOUT] = empty
+        noise = torch.randn(x0.shape, generator=generator)
+        t = torch.randint(0, scheduler.config.num_train_timesteps, (len(pairs),), generator=generator)
+        noisy = scheduler.add_noise(x0, noise, t)
+        model_pred = unet(noisy, t, encoder_hidden_states=context).sample
+        keep = torch.ones(len(pairs), dtype=torch.bool)
+        if threshold is not None:
+            kept = memorization_filter(unet, noisy, t, context, empty, threshold, model_pred=model_pred)
+            keep = kept.keep
+            dropped["duplicated"] += int((~keep & duplicated[pairs]).sum())
+            dropped["general"] += int((~keep & ~duplicated[pairs]).sum())
+            if kept.skip:
+                dropped["skipped steps"] += 1
+                continue
+        loss = F.mse_loss(model_pred[keep], noise[keep])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
+        optimizer.step()
+    return dataclasses.replace(model, unet=unet.eval().requires_grad_(False)), dropped
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--steps", type=int, default=400, help="fine-tuning steps at batch 32 (default 400)")
+    ap.add_argument("--seeds", type=int, default=8, help="generations per duplicated caption (default 8)")
+    ap.add_argument("--general", type=int, default=400, help="general images in the folder (default 400)")
+    ap.add_argument("--duplicated", type=int, default=4, help="duplicated images (default 4)")
+    ap.add_argument("--copies", type=int, default=50, help="copies of each duplicated image (default 50)")
+    ap.add_argument("--quantile", type=float, default=0.99, help="calibration quantile (default 0.99)")
+    ap.add_argument("--draws", type=int, default=4, help="timesteps drawn per calibration pair (default 4)")
+    ap.add_argument("--prompts", type=int, default=64, help="held-out general prompts for fidelity (default 64)")
+    ap.add_argument("--sample-steps", type=int, default=25, help="DDIM steps of the generations (default 25)")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    base = setup()
+    general = [r["prompt"] for r in labelled("general")][: args.prompts]
+    avoid = set(general)
+    images, captions, duplicated, names, originals = folder(
+        1000 + args.seed, args.general, args.duplicated, args.copies, avoid
+    )
+    distinct = sorted({c: i for i, c in enumerate(captions)}.values())
+    with torch.no_grad():
+        table_of = {c: base.encode(base.tokenize(c))[0] for c in dict.fromkeys(captions)}
+    contexts = torch.stack([table_of[c] for c in captions])
+    threshold = calibrate(base, images[distinct], contexts[distinct], args.quantile, args.draws, args.seed)
+    print(f"training threshold per tenth of [0, 1000): {', '.join(f'{v:.2f}' for v in threshold.values)}")
+
+    seeds = list(range(args.seeds))
+    refs = {name: torch.from_numpy(image) for name, image in zip(names, originals)}
+    base_general = generate(base, general, [0], args.sample_steps)
+    distances = [min(copy_distance(g.image, ref) for ref in refs.values()) for g in base_general]
+    tau = statistics.quantiles(distances, n=100)[0]
+    print(f"copy threshold tau = {tau:.3f} (1st percentile of base general generations -> nearest duplicated image)")
+
+    def evaluate(name, model, seconds, dropped):
+        gens = generate(model, names, seeds, args.sample_steps)
+        copies = [copy_distance(g.image, refs[g.prompt]) < tau for g in gens]
+        median = statistics.median(copy_distance(g.image, refs[g.prompt]) for g in gens)
+        ggens = base_general if model is base else generate(model, general, [0], args.sample_steps)
+        fidelity = attribute_accuracy(torch.stack([g.image for g in ggens]), general)
+        return [name, sum(copies) / len(copies), median, fidelity, seconds, dropped]
+
+    rows = [evaluate("base (shipped miniature)", base, "-", "-")]
+    with Timer() as plain_time:
+        plain, _ = finetune(base, images, contexts, duplicated, args.steps, args.seed, None)
+    rows.append(evaluate("fine-tuned", plain, f"{plain_time.seconds:.0f} s", "-"))
+    with Timer() as filtered_time:
+        filtered, dropped = finetune(base, images, contexts, duplicated, args.steps, args.seed, threshold)
+    ratio = filtered_time.seconds / plain_time.seconds
+    n_dup = int(duplicated.float().mean().item() * args.steps * train.BATCH_SIZE)
+    summary = (
+        f"{dropped['duplicated']} duplicated + {dropped['general']} general of {args.steps * train.BATCH_SIZE} "
+        f"({dropped['skipped steps']} steps skipped)"
+    )
+    rows.append(evaluate("fine-tuned + filter", filtered, f"{filtered_time.seconds:.0f} s (x{ratio:.2f})", summary))
+    table(
+        ["model", "replication", "median copy distance", "fidelity", "training time", "samples dropped"],
+        rows,
+        f"Fine-tuning the miniature {args.steps} steps x {train.BATCH_SIZE} on {args.general} general images + "
+        f"{args.duplicated} images x {args.copies} copies (about {n_dup} duplicated samples seen); replication of "
+        f"the duplicated captions over {len(seeds)} seeds, fidelity on {len(general)} held-out general prompts, "
+        f"DDIM {args.sample_steps}",
+    )
+
+
+if __name__ == "__main__":
+    main()
