@@ -344,27 +344,25 @@ def cmd_audit_data(args) -> int:
     print(f"memguard audit-data: {summary['files']} files in {root}, {summary['usable']} usable image-caption pairs")
     print(f"  problems (reported, skipped): {problems}")
     print(
-        f"  near-duplicate images: {summary['near_duplicate_image_groups']} groups holding "
+        f"  near-duplicate image groups: {summary['near_duplicate_image_groups']}, holding "
         f"{summary['images_in_groups']} images (largest {summary['largest_image_group']})"
     )
     print(
-        f"  captions: {summary['duplicate_caption_texts']} texts used more than once; "
-        f"{summary['near_duplicate_caption_groups']} near-duplicate groups holding {summary['captions_in_groups']} "
-        f"captions (largest {summary['largest_caption_group']})"
+        f"  captions used more than once: {summary['duplicate_caption_texts']}; near-duplicate caption groups: "
+        f"{summary['near_duplicate_caption_groups']}, holding {summary['captions_in_groups']} captions "
+        f"(largest {summary['largest_caption_group']})"
     )
     if not args.no_score:
-        print(
-            f"  base model: {summary['flagged']} of {summary['scored']} pairs flagged "
-            f"(threshold {threshold} from {source})"
-        )
+        limit = f"threshold {threshold:.4g} from {source}" if threshold is not None else "no threshold: not calibrated"
+        print(f"  base model: {summary['flagged']} of {summary['scored']} pairs flagged ({limit})")
     worst = [e for e in ordered if e.error is None and (e.flagged or e.duplication > 1)][: args.top]
     if worst:
         print("  worst offenders:")
     for e in worst:
         score = f"{e.score:.3f}" if e.score is not None else "-"
         print(
-            f"    {e.file}  score {score}{' FLAGGED' if e.flagged else ''}  image copies {e.image_group_size}  "
-            f"caption copies {e.caption_group_size}  {e.caption[:60]!r}"
+            f"    {e.file}  score {score}{' FLAGGED' if e.flagged else ''}  similar images {e.image_group_size}  "
+            f"similar captions {e.caption_group_size}  {e.caption[:60]!r}"
         )
     print(f"  report: {out}" + (f" and {args.html}" if args.html is not None else ""))
     return 0

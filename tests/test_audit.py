@@ -159,7 +159,7 @@ def test_audit_data_reports_groups_scores_and_bad_files(folder, tmp_path, tiny, 
     printed = capsys.readouterr().out
     assert "10 files" in printed and "5 usable" in printed
     assert "1 empty caption" in printed and "1 non-UTF-8 caption" in printed and "1 unreadable image" in printed
-    assert "near-duplicate images: 1 groups holding 3 images" in printed
+    assert "near-duplicate image groups: 1, holding 3 images" in printed
 
     text = page.read_text(encoding="utf-8")
     assert "<script>" not in text and html.escape("<script>alert(1)</script>") in text
