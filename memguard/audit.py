@@ -235,6 +235,11 @@ def summarize(entries: list[Entry]) -> dict:
     }
 
 
+def counts(problems: dict[str, int]) -> str:
+    """``"1 empty caption, 2 unreadable image"``, or ``"none"``."""
+    return ", ".join(f"{n} {kind}" for kind, n in sorted(problems.items())) or "none"
+
+
 def write_csv(entries: list[Entry], path: Path) -> None:
     with open(path, "w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, fieldnames=COLUMNS)
@@ -262,7 +267,12 @@ def write_html(entries: list[Entry], summary: dict, path: Path, title: str) -> N
         + "</tr>"
         for e in entries
     )
-    items = "".join(f"<li>{html.escape(str(k))}: {html.escape(str(v))}</li>" for k, v in summary.items())
+    def shown(value) -> str:
+        if isinstance(value, dict):
+            return counts(value)
+        return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+    items = "".join(f"<li>{html.escape(k.replace('_', ' '))}: {html.escape(shown(v))}</li>" for k, v in summary.items())
     page = f"""<!DOCTYPE html>
 <html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>body{{font-family:sans-serif}}table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:2px 6px}}

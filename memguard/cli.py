@@ -340,7 +340,7 @@ def cmd_audit_data(args) -> int:
         audit.write_csv(ordered, out)
     if args.html is not None:
         audit.write_html(ordered, summary, args.html, f"memguard audit of {root}")
-    problems = ", ".join(f"{n} {kind}" for kind, n in sorted(summary["problems"].items())) or "none"
+    problems = audit.counts(summary["problems"])
     print(f"memguard audit-data: {summary['files']} files in {root}, {summary['usable']} usable image-caption pairs")
     print(f"  problems (reported, skipped): {problems}")
     print(
