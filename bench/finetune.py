@@ -16,7 +16,9 @@ model on every distinct (image, caption) pair of the folder at ``--draws`` rando
   nearest duplicated image (as bench/mitigation.py);
 * fidelity: attribute accuracy on the miniature's held-out general prompts (``fidelity.attribute_accuracy``);
 * training time: wall time of each training loop, and the filtered / unfiltered ratio from short alternating runs
-  (best of 5 each), which a shared machine disturbs less; the samples the filter dropped over training.
+  (best of 5 each), which a shared machine disturbs less; the samples the filter dropped over training;
+* where the filter acts: the share of duplicated and general pairs over the first threshold per tenth of the
+  timestep range, for the model of the unfiltered fine-tune.
 
     OMP_NUM_THREADS=2 .venv/bin/python bench/finetune.py [--steps 400] [--seeds 8] [--quantile 0.99 0.9]
 """
@@ -122,6 +124,18 @@ def overhead(model, images, contexts, duplicated, threshold, rounds: int = 5, st
     return best[True] / best[False]
 
 
+def dropped_by_timestep(model, images, contexts, duplicated, distinct, threshold) -> str:
+    """Share of duplicated / general pairs the filter would drop, per tenth of the timestep range, for ``model``."""
+    dup = torch.tensor([i for i in distinct if duplicated[i]])
+    gen = torch.tensor([i for i in distinct if not duplicated[i]][:100])
+    lines = []
+    for name, rows in (("duplicated", dup.repeat(400 // len(dup))), ("general", gen.repeat(4))):
+        d, t = magnitudes(model, images[rows], contexts[rows], 1, 5)
+        over, bucket = d >= threshold(t), t * len(threshold.values) // threshold.num_train_timesteps
+        lines.append(f"{name}: " + " ".join(f"{over[bucket == k].float().mean():.2f}" for k in range(10)))
+    return "; ".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=400, help="fine-tuning steps at batch 32 (default 400)")
@@ -173,6 +187,11 @@ def main() -> None:
     with Timer() as plain_time:
         plain, _ = finetune(base, images, contexts, duplicated, args.steps, args.seed, None)
     log(f"  {plain_time.seconds:.0f} s; evaluating")
+    first = next(iter(thresholds.values()))
+    print(
+        f"share of pairs over the q {first.quantile} threshold after the unfiltered fine-tune, per tenth of the "
+        f"timestep range: {dropped_by_timestep(plain, images, contexts, duplicated, distinct, first)}"
+    )
     rows.append(evaluate("fine-tuned", plain, f"{plain_time.seconds:.0f} s", "-"))
     for q, threshold in thresholds.items():
         log(f"fine-tuning with the filter, quantile {q}")
