@@ -24,6 +24,7 @@ bench: $(VENV)/.installed
 	$(PY) bench/cost.py
 	$(PY) bench/detection.py
 	$(PY) bench/explanation.py
+	$(PY) bench/finetune.py
 	$(PY) bench/mitigation.py
 	$(PY) bench/throughput.py
 	$(PY) bench/watch_overhead.py

@@ -44,6 +44,18 @@ def table(header: list[str], rows: list[list], title: str) -> None:
         print("| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |")
 
 
+def generate(model: Model, prompts: list[str], seeds: list[int], steps: int = 50, batch: int = 32, **kwargs) -> list:
+    """Every (prompt, seed) generation, ``batch`` rows per ``pipeline.sample`` call (keyword arguments go to it)."""
+    from memguard.pipeline import sample
+
+    rows = [(p, s) for p in prompts for s in seeds]
+    gens = []
+    for i in range(0, len(rows), batch):
+        chunk = rows[i : i + batch]
+        gens += sample(model, [p for p, _ in chunk], [s for _, s in chunk], steps=steps, **kwargs)
+    return gens
+
+
 class Timer:
     def __enter__(self):
         self.start = time.perf_counter()

@@ -19,32 +19,20 @@ from __future__ import annotations
 import argparse
 import statistics
 
+import common
 import torch
 from common import Timer, labelled, reference, setup, table
 
 from memguard.calibrate import threshold_at_fpr
 from memguard.miniature.fidelity import attribute_accuracy, copy_distance
 from memguard.mitigate import Attention, Auto, Embedding, Guidance
-from memguard.pipeline import sample, score_prompts
+from memguard.pipeline import score_prompts
 
 STEPS = 50  # --steps overrides
 
 
-def generate(model, prompts, seeds, strategy=None, threshold=None, force=False, batch=32):
-    rows = [(p, s) for p in prompts for s in seeds]
-    gens = []
-    for i in range(0, len(rows), batch):
-        chunk = rows[i : i + batch]
-        gens += sample(
-            model,
-            [p for p, _ in chunk],
-            [s for _, s in chunk],
-            steps=STEPS,
-            threshold=threshold,
-            strategy=strategy,
-            force=force,
-        )
-    return gens
+def generate(model, prompts, seeds, strategy=None, threshold=None, force=False):
+    return common.generate(model, prompts, seeds, STEPS, threshold=threshold, strategy=strategy, force=force)
 
 
 def evaluate(model, name, knob, strategy, mem, refs, general, seeds, tau, threshold, force, plain_seconds):

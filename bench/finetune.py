@@ -1,0 +1,223 @@
+"""Training-time mitigation on the miniature: fine-tune on a folder with duplicated images, without and with the filter.
+
+The fine-tune data are drawn like the miniature's own (:mod:`memguard.miniature.data`, another seed): ``--general``
+general images with their captions plus ``--duplicated`` new detailed images (drawn like the miniature's memorized
+ones, but new), each with an ordinary caption from the general grammar and repeated ``--copies`` times (what a small
+captioned folder with repeats looks like). Both runs start from the shipped miniature weights and see the same
+batches, noise and timesteps (same seed, same steps); a filtered run drops, at each step, the samples with
+``d >= threshold`` at their training timestep (:mod:`memguard.training`).
+
+The threshold is calibrated the way a user can, without knowing which images are duplicated: ``d`` of the base
+model on every distinct (image, caption) pair of the folder at ``--draws`` random training timesteps each, the
+``--quantile`` (one filtered run per value given) per tenth of the timestep range.
+
+* replication: share of generations of the duplicated captions (``--seeds`` each) whose RMS pixel distance to their
+  training image is below ``tau``, the 1st percentile of the base model's general generations' distance to the
+  nearest duplicated image (as bench/mitigation.py);
+* fidelity: attribute accuracy on the miniature's held-out general prompts (``fidelity.attribute_accuracy``);
+* training time: wall time of each training loop, and the filtered / unfiltered ratio from short alternating runs
+  (best of 5 each), which a shared machine disturbs less; the samples the filter dropped over training;
+* where the filter acts: the share of duplicated and general pairs over the first threshold per tenth of the
+  timestep range, for the model of the unfiltered fine-tune.
+
+    OMP_NUM_THREADS=2 .venv/bin/python bench/finetune.py [--steps 400] [--seeds 8] [--quantile 0.99 0.9]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import statistics
+import sys
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from common import Timer, generate, labelled, setup, table
+
+from memguard.miniature import train
+from memguard.miniature.data import caption, render_general, render_memorized, sample_labels
+from memguard.miniature.fidelity import attribute_accuracy, copy_distance
+from memguard.training import TimestepThreshold, memorization_filter, training_magnitudes
+
+LEARNING_RATE = 5e-4
+
+
+def folder(seed: int, n_general: int, n_duplicated: int, copies: int, avoid: set[str]):
+    """Images, captions and a duplicated flag per training pair, plus the duplicated images and their captions."""
+    rng = np.random.default_rng(seed)
+    labels = [sample_labels(rng) for _ in range(n_general)]
+    images = [render_general(rng, lab) for lab in labels]
+    captions = [caption(rng, lab) for lab in labels]
+    names: list[str] = []
+    while len(names) < n_duplicated:
+        text = caption(rng, sample_labels(rng))
+        if text not in avoid and text not in captions and text not in names:
+            names.append(text)
+    originals = [render_memorized(rng) for _ in names]
+    images += [image for image in originals for _ in range(copies)]
+    captions += [name for name in names for _ in range(copies)]
+    duplicated = torch.tensor([False] * n_general + [True] * (n_duplicated * copies))
+    return torch.from_numpy(np.stack(images)), captions, duplicated, names, originals
+
+
+def magnitudes(model, images, contexts, draws: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(d, t)`` of the base model on the distinct pairs of the folder, ``draws`` timesteps each (no labels used)."""
+    from diffusers import DDPMScheduler
+
+    generator = torch.Generator().manual_seed(seed)
+    scheduler = DDPMScheduler(**train.SCHEDULE)
+    d, t = [], []
+    for _ in range(draws):
+        for rows in torch.arange(len(images)).split(64):
+            dd, tt = training_magnitudes(model.unet, images[rows], contexts[rows], model.empty(), scheduler, generator)
+            d.append(dd)
+            t.append(tt)
+    return torch.cat(d), torch.cat(t)
+
+
+def finetune(model, images, contexts, duplicated, steps: int, seed: int, threshold: TimestepThreshold | None):
+    """The training loop of the README's example: epsilon loss, caption dropout, the filter when ``threshold``."""
+    from diffusers import DDPMScheduler
+
+    torch.manual_seed(seed)
+    unet = copy.deepcopy(model.unet).train().requires_grad_(True)
+    scheduler = DDPMScheduler(**train.SCHEDULE)
+    optimizer = torch.optim.AdamW(unet.parameters(), lr=LEARNING_RATE, betas=(0.9, 0.99), weight_decay=0.0)
+    generator = torch.Generator().manual_seed(seed + 1)
+    empty = model.empty()
+    dropped = {"duplicated": 0, "general": 0, "skipped steps": 0}
+    for _, pairs in zip(range(steps), train.batches(len(images), generator)):
+        x0, context = images[pairs], contexts[pairs].clone()
+        context[torch.rand(len(pairs), generator=generator) < train.CAPTION_DROPOUT] = empty
+        noise = torch.randn(x0.shape, generator=generator)
+        t = torch.randint(0, scheduler.config.num_train_timesteps, (len(pairs),), generator=generator)
+        noisy = scheduler.add_noise(x0, noise, t)
+        model_pred = unet(noisy, t, encoder_hidden_states=context).sample
+        keep = torch.ones(len(pairs), dtype=torch.bool)
+        if threshold is not None:
+            kept = memorization_filter(unet, noisy, t, context, empty, threshold, model_pred=model_pred)
+            keep = kept.keep
+            dropped["duplicated"] += int((~keep & duplicated[pairs]).sum())
+            dropped["general"] += int((~keep & ~duplicated[pairs]).sum())
+            if kept.skip:
+                dropped["skipped steps"] += 1
+                continue
+        loss = F.mse_loss(model_pred[keep], noise[keep])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
+        optimizer.step()
+    return dataclasses.replace(model, unet=unet.eval().requires_grad_(False)), dropped
+
+
+def overhead(model, images, contexts, duplicated, threshold, rounds: int = 5, steps: int = 10) -> float:
+    """Filtered / unfiltered training time, alternating short runs and keeping each one's fastest (the machine is
+    shared, so the whole runs' wall times also measure the neighbours)."""
+    best = {False: float("inf"), True: float("inf")}
+    for _ in range(rounds):
+        for filtered in (False, True):
+            with Timer() as clock:
+                finetune(model, images, contexts, duplicated, steps, 0, threshold if filtered else None)
+            best[filtered] = min(best[filtered], clock.seconds)
+    return best[True] / best[False]
+
+
+def dropped_by_timestep(model, images, contexts, duplicated, distinct, threshold) -> str:
+    """Share of duplicated / general pairs the filter would drop, per tenth of the timestep range, for ``model``."""
+    dup = torch.tensor([i for i in distinct if duplicated[i]])
+    gen = torch.tensor([i for i in distinct if not duplicated[i]][:100])
+    lines = []
+    for name, rows in (("duplicated", dup.repeat(400 // len(dup))), ("general", gen.repeat(4))):
+        d, t = magnitudes(model, images[rows], contexts[rows], 1, 5)
+        over, bucket = d >= threshold(t), t * len(threshold.values) // threshold.num_train_timesteps
+        lines.append(f"{name}: " + " ".join(f"{over[bucket == k].float().mean():.2f}" for k in range(10)))
+    return "; ".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--steps", type=int, default=400, help="fine-tuning steps at batch 32 (default 400)")
+    ap.add_argument("--seeds", type=int, default=8, help="generations per duplicated caption (default 8)")
+    ap.add_argument("--general", type=int, default=400, help="general images in the folder (default 400)")
+    ap.add_argument("--duplicated", type=int, default=4, help="duplicated images (default 4)")
+    ap.add_argument("--copies", type=int, default=50, help="copies of each duplicated image (default 50)")
+    ap.add_argument("--quantile", type=float, nargs="+", default=[0.99], help="calibration quantiles (default 0.99)")
+    ap.add_argument("--draws", type=int, default=4, help="timesteps drawn per calibration pair (default 4)")
+    ap.add_argument("--prompts", type=int, default=64, help="held-out general prompts for fidelity (default 64)")
+    ap.add_argument("--sample-steps", type=int, default=25, help="DDIM steps of the generations (default 25)")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    base = setup()
+    general = [r["prompt"] for r in labelled("general")][: args.prompts]
+    avoid = set(general)
+    images, captions, duplicated, names, originals = folder(
+        1000 + args.seed, args.general, args.duplicated, args.copies, avoid
+    )
+    distinct = sorted({c: i for i, c in enumerate(captions)}.values())
+    with torch.no_grad():
+        table_of = {c: base.encode(base.tokenize(c))[0] for c in dict.fromkeys(captions)}
+    contexts = torch.stack([table_of[c] for c in captions])
+    d, t = magnitudes(base, images[distinct], contexts[distinct], args.draws, args.seed)
+    thresholds = {q: TimestepThreshold.calibrate(d, t, quantile=q) for q in args.quantile}
+    for q, threshold in thresholds.items():
+        print(f"training threshold (q {q}) per tenth of [0, 1000): {', '.join(f'{v:.2f}' for v in threshold.values)}")
+
+    seeds = list(range(args.seeds))
+    refs = {name: torch.from_numpy(image) for name, image in zip(names, originals)}
+    base_general = generate(base, general, [0], args.sample_steps)
+    distances = [min(copy_distance(g.image, ref) for ref in refs.values()) for g in base_general]
+    tau = statistics.quantiles(distances, n=100)[0]
+    print(f"copy threshold tau = {tau:.3f} (1st percentile of base general generations -> nearest duplicated image)")
+
+    def evaluate(name, model, seconds, dropped):
+        gens = generate(model, names, seeds, args.sample_steps)
+        copies = [copy_distance(g.image, refs[g.prompt]) < tau for g in gens]
+        median = statistics.median(copy_distance(g.image, refs[g.prompt]) for g in gens)
+        ggens = base_general if model is base else generate(model, general, [0], args.sample_steps)
+        fidelity = attribute_accuracy(torch.stack([g.image for g in ggens]), general)
+        return [name, sum(copies) / len(copies), median, fidelity, seconds, dropped]
+
+    def log(message: str) -> None:
+        print(message, file=sys.stderr, flush=True)
+
+    rows = [evaluate("base (shipped miniature)", base, "-", "-")]
+    log("fine-tuning without the filter")
+    with Timer() as plain_time:
+        plain, _ = finetune(base, images, contexts, duplicated, args.steps, args.seed, None)
+    log(f"  {plain_time.seconds:.0f} s; evaluating")
+    first = next(iter(thresholds.values()))
+    print(
+        f"share of pairs over the q {first.quantile} threshold after the unfiltered fine-tune, per tenth of the "
+        f"timestep range: {dropped_by_timestep(plain, images, contexts, duplicated, distinct, first)}"
+    )
+    rows.append(evaluate("fine-tuned", plain, f"{plain_time.seconds:.0f} s", "-"))
+    for q, threshold in thresholds.items():
+        log(f"fine-tuning with the filter, quantile {q}")
+        with Timer() as filtered_time:
+            filtered, dropped = finetune(base, images, contexts, duplicated, args.steps, args.seed, threshold)
+        ratio = filtered_time.seconds / plain_time.seconds
+        log(f"  {filtered_time.seconds:.0f} s; evaluating")
+        summary = (
+            f"{dropped['duplicated']} duplicated + {dropped['general']} general of "
+            f"{args.steps * train.BATCH_SIZE} ({dropped['skipped steps']} steps skipped)"
+        )
+        time = f"{filtered_time.seconds:.0f} s (x{ratio:.2f})"
+        rows.append(evaluate(f"fine-tuned + filter (q {q})", filtered, time, summary))
+    n_dup = int(duplicated.float().mean().item() * args.steps * train.BATCH_SIZE)
+    log("timing the overhead")
+    ratio = overhead(base, images, contexts, duplicated, next(iter(thresholds.values())))
+    print(f"training time with / without the filter, best of 5 alternating runs of 10 steps: x{ratio:.2f}")
+    table(
+        ["model", "replication", "median copy distance", "fidelity", "training time", "samples dropped"],
+        rows,
+        f"Fine-tuning the miniature {args.steps} steps x {train.BATCH_SIZE} on {args.general} general images + "
+        f"{args.duplicated} images x {args.copies} copies (about {n_dup} duplicated samples seen); replication of "
+        f"the duplicated captions over {len(seeds)} seeds, fidelity on {len(general)} held-out general prompts, "
+        f"DDIM {args.sample_steps}",
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,228 @@
+"""Training-time mitigation: drop the samples a fine-tune is memorizing, inside a diffusers-style training step.
+
+Wen et al., ICLR 2024, Sec. 4.3 (their ``train_text_to_image.py``, see methods.md 1.8): at each training step, with
+``x_t`` the noisy latents at the sampled training timesteps ``t``, compute per sample ::
+
+    d = || f(x_t, t, e_prompt) - f(x_t, t, e_empty) ||_2
+
+(a plain L2 over the flattened latent, not squared, not divided by its size, in float32) and keep in the loss only the
+samples with ``d < threshold``; when none is kept, the step is skipped (no backward, optimizer or scheduler step).
+The conditional prediction is the one the step already computed (pass it as ``model_pred``), so the cost is one
+extra no-grad UNet forward per sample, on the empty prompt.
+
+``f`` is the network output as it is (epsilon, ``v`` or sample), as in Wen's code. Both predictions are taken at the
+same ``x_t`` and ``t``, so for a v-prediction model ``eps_c - eps_u = sqrt(abar_t) (v_c - v_u)``
+(:func:`memguard.algebra.eps_from_v`: the ``x_t`` terms cancel): the two spaces differ by a per-timestep factor,
+which a threshold calibrated per timestep bucket on the same model (:class:`TimestepThreshold`) absorbs.
+
+``d`` at a random training timestep is not on the scale of the first-step detection score (which is taken at
+``t = T`` on pure noise), and it changes with ``t``. Wen's README uses a constant 2 for SD1.x; memguard calibrates a
+threshold per timestep bucket from the base model on the data to be trained on, before training: at that point
+nothing of the new data is memorized, so the ``q``-quantile of ``d`` in each bucket bounds what an unmemorized
+sample looks like (:func:`training_magnitudes` + :meth:`TimestepThreshold.calibrate`).
+
+Wiring it into a diffusers training loop (``examples/text_to_image/train_text_to_image.py``)::
+
+    from memguard.training import TimestepThreshold, memorization_filter
+    threshold = TimestepThreshold.load("threshold.json")  # or TimestepThreshold.constant(2.0)
+    empty = text_encoder(tokenizer([""], padding="max_length", max_length=77, return_tensors="pt").input_ids)[0]
+    # ... inside the step, after model_pred = unet(noisy_latents, timesteps, encoder_hidden_states).sample
+    kept = memorization_filter(unet, noisy_latents, timesteps, encoder_hidden_states, empty, threshold,
+                               model_pred=model_pred)
+    accelerator.log(kept.stats(), step=global_step)
+    if kept.skip:
+        continue  # every sample looks memorized: no backward, optimizer or lr-scheduler step
+    loss = F.mse_loss(model_pred[kept.keep].float(), target[kept.keep].float())
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from .detect import wen_norm
+
+FORMAT = "memguard-training-threshold"
+
+
+def _output(result) -> Tensor:
+    """The prediction tensor of a UNet call: diffusers returns an object with ``.sample``, others a tensor."""
+    return result.sample if hasattr(result, "sample") else result
+
+
+@dataclass(frozen=True)
+class TimestepThreshold:
+    """A threshold on ``d`` per equal-width timestep bucket: bucket ``k`` covers ``[k T / B, (k + 1) T / B)``."""
+
+    values: tuple[float, ...]
+    num_train_timesteps: int = 1000
+    quantile: float | None = None
+
+    @classmethod
+    def constant(cls, value: float, num_train_timesteps: int = 1000) -> TimestepThreshold:
+        """One threshold for every timestep (Wen's ``--hard_threshold``, 2 for SD1.x in their README)."""
+        return cls((float(value),), num_train_timesteps)
+
+    @classmethod
+    def calibrate(
+        cls,
+        d: Tensor,
+        timesteps: Tensor,
+        quantile: float = 0.99,
+        buckets: int = 10,
+        num_train_timesteps: int = 1000,
+        min_count: int = 20,
+    ) -> TimestepThreshold:
+        """The ``quantile`` of benign ``d`` in each timestep bucket; a bucket with fewer than ``min_count`` samples
+        takes the quantile over all samples."""
+        d, timesteps = d.detach().float().cpu(), timesteps.detach().long().cpu()
+        if d.numel() == 0 or d.shape != timesteps.shape:
+            raise ValueError("calibration needs as many timesteps as magnitudes, at least one")
+        overall = torch.quantile(d, quantile).item()
+        index = (timesteps * buckets // num_train_timesteps).clamp(0, buckets - 1)
+        values = []
+        for k in range(buckets):
+            inside = d[index == k]
+            values.append(torch.quantile(inside, quantile).item() if inside.numel() >= min_count else overall)
+        return cls(tuple(values), num_train_timesteps, quantile)
+
+    def __call__(self, timesteps: Tensor) -> Tensor:
+        """The threshold of each sample's timestep, float32 on the timesteps' device."""
+        table = torch.tensor(self.values, dtype=torch.float32, device=timesteps.device)
+        index = timesteps.long() * len(self.values) // self.num_train_timesteps
+        return table[index.clamp(0, len(self.values) - 1)]
+
+    def to_dict(self) -> dict:
+        return {"format": FORMAT, **asdict(self), "values": list(self.values)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping) -> TimestepThreshold:
+        if data.get("format") != FORMAT:
+            raise ValueError(f"not a {FORMAT} file")
+        return cls(tuple(float(v) for v in data["values"]), int(data["num_train_timesteps"]), data.get("quantile"))
+
+    def save(self, path: Path | str) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
+
+    @classmethod
+    def load(cls, path: Path | str) -> TimestepThreshold:
+        return cls.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
+
+
+@dataclass(frozen=True)
+class FilterResult:
+    """What :func:`memorization_filter` decided for one batch; no tensor here requires grad."""
+
+    keep: Tensor
+    """``(B,)`` bool: ``d < threshold`` (a NaN ``d`` is dropped)."""
+    d: Tensor
+    """``(B,)`` float32 magnitudes at the sampled training timesteps."""
+    threshold: Tensor
+    """``(B,)`` float32 threshold each sample was compared with."""
+
+    @property
+    def kept(self) -> int:
+        return int(self.keep.sum())
+
+    @property
+    def dropped(self) -> int:
+        return int(self.keep.numel() - self.kept)
+
+    @property
+    def skip(self) -> bool:
+        """Every sample was dropped: the caller skips backward, optimizer and lr-scheduler steps."""
+        return self.kept == 0
+
+    def stats(self, prefix: str = "memguard/") -> dict[str, float]:
+        """Scalars to log: kept/dropped counts, drop rate, skipped step, mean and max ``d``."""
+        d = self.d.nan_to_num(nan=float("inf"))
+        return {
+            f"{prefix}kept": float(self.kept),
+            f"{prefix}dropped": float(self.dropped),
+            f"{prefix}drop_rate": self.dropped / max(1, self.keep.numel()),
+            f"{prefix}skipped_step": float(self.skip),
+            f"{prefix}d_mean": self.d.mean().item(),
+            f"{prefix}d_max": d.max().item(),
+        }
+
+
+@torch.no_grad()
+def magnitudes(
+    unet,
+    noisy_latents: Tensor,
+    timesteps: Tensor,
+    text_embeddings: Tensor,
+    empty_embedding: Tensor,
+    *,
+    model_pred: Tensor | None = None,
+    cond_kwargs: Mapping | None = None,
+    empty_kwargs: Mapping | None = None,
+) -> Tensor:
+    """``d`` per sample (float32, no grad): the conditional prediction (``model_pred`` if given, else one no-grad
+    pass) against a no-grad pass on the empty prompt's embedding (``(1, L, C)`` or ``(B, L, C)``).
+
+    ``cond_kwargs`` / ``empty_kwargs`` are extra keyword arguments of the two UNet calls (SDXL's
+    ``added_cond_kwargs``, with the empty prompt's pooled embedding for the empty pass). The UNet's mode
+    (train/eval) and ``requires_grad`` flags are left as they are.
+    """
+    batch = noisy_latents.shape[0]
+    if model_pred is None:
+        cond = unet(noisy_latents, timesteps, encoder_hidden_states=text_embeddings, **(cond_kwargs or {}))
+        model_pred = _output(cond)
+    empty = empty_embedding.to(device=text_embeddings.device, dtype=text_embeddings.dtype)
+    empty = empty.expand(batch, *empty.shape[1:]) if empty.shape[0] == 1 else empty
+    uncond = _output(unet(noisy_latents, timesteps, encoder_hidden_states=empty, **(empty_kwargs or {})))
+    return wen_norm(model_pred.detach().float() - uncond.float())
+
+
+def memorization_filter(
+    unet,
+    noisy_latents: Tensor,
+    timesteps: Tensor,
+    text_embeddings: Tensor,
+    empty_embedding: Tensor,
+    threshold: float | TimestepThreshold,
+    *,
+    model_pred: Tensor | None = None,
+    cond_kwargs: Mapping | None = None,
+    empty_kwargs: Mapping | None = None,
+) -> FilterResult:
+    """Wen et al.'s training filter: keep the samples with ``d < threshold`` at their sampled timestep (see the
+    module docstring for the loop). Adds no parameter gradient and works under ``torch.autocast``."""
+    d = magnitudes(
+        unet,
+        noisy_latents,
+        timesteps,
+        text_embeddings,
+        empty_embedding,
+        model_pred=model_pred,
+        cond_kwargs=cond_kwargs,
+        empty_kwargs=empty_kwargs,
+    )
+    rule = threshold if isinstance(threshold, TimestepThreshold) else TimestepThreshold.constant(threshold)
+    limit = rule(timesteps.reshape(-1).expand(d.shape[0]).to(d.device))
+    return FilterResult(keep=d < limit, d=d, threshold=limit)
+
+
+@torch.no_grad()
+def training_magnitudes(
+    unet,
+    latents: Tensor,
+    text_embeddings: Tensor,
+    empty_embedding: Tensor,
+    noise_scheduler,
+    generator: torch.Generator | None = None,
+) -> tuple[Tensor, Tensor]:
+    """``(d, t)`` for clean ``latents`` noised as a training step would (uniform ``t``, Gaussian noise, the
+    scheduler's ``add_noise``): feed many batches of the data to be trained on, through the base model, to
+    :meth:`TimestepThreshold.calibrate`."""
+    total = noise_scheduler.config.num_train_timesteps
+    t = torch.randint(0, total, (latents.shape[0],), generator=generator).to(latents.device)
+    noise = torch.randn(latents.shape, generator=generator, dtype=torch.float32).to(latents.device, latents.dtype)
+    noisy = noise_scheduler.add_noise(latents, noise, t)
+    return magnitudes(unet, noisy, t, text_embeddings, empty_embedding), t
