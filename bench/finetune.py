@@ -20,7 +20,10 @@ model on every distinct (image, caption) pair of the folder at ``--draws`` rando
 * where the filter acts: the share of duplicated and general pairs over the first threshold per tenth of the
   timestep range, for the model of the unfiltered fine-tune.
 
-    OMP_NUM_THREADS=2 .venv/bin/python bench/finetune.py [--steps 400] [--seeds 8] [--quantile 0.99 0.9]
+* ``--strikes N ...``: also memguard's per-sample variant (:class:`memguard.training.FlaggedSamples`, samples keyed
+  by caption): a caption the filter has dropped ``N`` times is left out for the rest of training.
+
+    OMP_NUM_THREADS=2 .venv/bin/python bench/finetune.py [--steps 400] [--seeds 8] [--quantile 0.99 0.9] [--strikes 1 2]
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ from common import Timer, generate, labelled, setup, table
 from memguard.miniature import train
 from memguard.miniature.data import caption, render_general, render_memorized, sample_labels
 from memguard.miniature.fidelity import attribute_accuracy, copy_distance
-from memguard.training import TimestepThreshold, memorization_filter, training_magnitudes
+from memguard.training import FlaggedSamples, TimestepThreshold, memorization_filter, training_magnitudes
 
 LEARNING_RATE = 5e-4
 
@@ -77,8 +80,19 @@ def magnitudes(model, images, contexts, draws: int, seed: int) -> tuple[torch.Te
     return torch.cat(d), torch.cat(t)
 
 
-def finetune(model, images, contexts, duplicated, steps: int, seed: int, threshold: TimestepThreshold | None):
-    """The training loop of the README's example: epsilon loss, caption dropout, the filter when ``threshold``."""
+def finetune(
+    model,
+    images,
+    contexts,
+    duplicated,
+    steps: int,
+    seed: int,
+    threshold: TimestepThreshold | None,
+    flagged: FlaggedSamples | None = None,
+    keys: list | None = None,
+):
+    """The training loop of the README's example: epsilon loss, caption dropout, the filter when ``threshold``, per
+    sample (``flagged``, samples keyed by ``keys``) when given."""
     from diffusers import DDPMScheduler
 
     torch.manual_seed(seed)
@@ -98,6 +112,8 @@ def finetune(model, images, contexts, duplicated, steps: int, seed: int, thresho
         keep = torch.ones(len(pairs), dtype=torch.bool)
         if threshold is not None:
             kept = memorization_filter(unet, noisy, t, context, empty, threshold, model_pred=model_pred)
+            if flagged is not None:
+                kept = flagged.update([keys[i] for i in pairs.tolist()], kept)
             keep = kept.keep
             dropped["duplicated"] += int((~keep & duplicated[pairs]).sum())
             dropped["general"] += int((~keep & ~duplicated[pairs]).sum())
@@ -148,6 +164,13 @@ def main() -> None:
     ap.add_argument("--prompts", type=int, default=64, help="held-out general prompts for fidelity (default 64)")
     ap.add_argument("--sample-steps", type=int, default=25, help="DDIM steps of the generations (default 25)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--strikes",
+        type=int,
+        nargs="*",
+        default=[],
+        help="also run the per-sample filter (FlaggedSamples keyed by caption) with these strike counts",
+    )
     args = ap.parse_args()
     base = setup()
     general = [r["prompt"] for r in labelled("general")][: args.prompts]
@@ -205,6 +228,22 @@ def main() -> None:
         )
         time = f"{filtered_time.seconds:.0f} s (x{ratio:.2f})"
         rows.append(evaluate(f"fine-tuned + filter (q {q})", filtered, time, summary))
+        for strikes in args.strikes:
+            log(f"fine-tuning with the per-sample filter, quantile {q}, {strikes} strike(s)")
+            memory = FlaggedSamples(strikes=strikes)
+            with Timer() as sample_time:
+                filtered, dropped = finetune(
+                    base, images, contexts, duplicated, args.steps, args.seed, threshold, memory, captions
+                )
+            log(f"  {sample_time.seconds:.0f} s; evaluating")
+            excluded = memory.excluded
+            summary = (
+                f"{dropped['duplicated']} duplicated + {dropped['general']} general of "
+                f"{args.steps * train.BATCH_SIZE} ({dropped['skipped steps']} steps skipped); captions left out: "
+                f"{len(excluded & set(names))} of {len(names)} duplicated, {len(excluded - set(names))} general"
+            )
+            time = f"{sample_time.seconds:.0f} s (x{sample_time.seconds / plain_time.seconds:.2f})"
+            rows.append(evaluate(f"+ per-sample filter (q {q}, {strikes} strikes)", filtered, time, summary))
     n_dup = int(duplicated.float().mean().item() * args.steps * train.BATCH_SIZE)
     log("timing the overhead")
     ratio = overhead(base, images, contexts, duplicated, next(iter(thresholds.values())))

@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -207,6 +207,41 @@ def memorization_filter(
     rule = threshold if isinstance(threshold, TimestepThreshold) else TimestepThreshold.constant(threshold)
     limit = rule(timesteps.reshape(-1).expand(d.shape[0]).to(d.device))
     return FilterResult(keep=d < limit, d=d, threshold=limit)
+
+
+@dataclass
+class FlaggedSamples:
+    """Wen's filter per training sample instead of per draw: a sample (an image-caption pair, keyed by anything
+    hashable: its dataset index, its caption, its image's perceptual hash) that the filter has dropped ``strikes``
+    times is left out for the rest of training, at every timestep.
+
+    memguard's extension of Sec. 4.3: memorization is a property of the sample, and ``d`` shows it mostly at the noisy
+    timesteps, where the caption alone must decide the picture; at low ``t`` the noisy image already shows it, the two
+    predictions agree, and the same sample passes the per-draw test and goes on teaching the copy
+    (``bench/finetune.py`` measures both on the miniature). Keying by caption or image hash drops every copy of a
+    duplicated image at once. ``strikes`` (default 2) spares samples that cross the threshold once by chance.
+
+    Use: ``kept = flagged.update(keys, memorization_filter(...))`` then the loop as before (``kept.skip`` etc.).
+    """
+
+    strikes: int = 2
+    counts: dict = field(default_factory=dict)
+
+    @property
+    def excluded(self) -> set:
+        """The keys left out for the rest of training."""
+        return {key for key, n in self.counts.items() if n >= self.strikes}
+
+    def update(self, keys: list, result: FilterResult) -> FilterResult:
+        """Count the samples ``result`` dropped, then drop every sample of the batch whose key is excluded."""
+        if len(keys) != result.keep.numel():
+            raise ValueError(f"{len(keys)} keys for a batch of {result.keep.numel()}")
+        for key, kept in zip(keys, result.keep.tolist()):
+            if not kept:
+                self.counts[key] = self.counts.get(key, 0) + 1
+        excluded = self.excluded
+        keep = result.keep & torch.tensor([key not in excluded for key in keys], device=result.keep.device)
+        return replace(result, keep=keep)
 
 
 @torch.no_grad()

@@ -8,7 +8,13 @@ import math
 import pytest
 import torch
 
-from memguard.training import FilterResult, TimestepThreshold, memorization_filter, training_magnitudes
+from memguard.training import (
+    FilterResult,
+    FlaggedSamples,
+    TimestepThreshold,
+    memorization_filter,
+    training_magnitudes,
+)
 
 PROMPTS = ["a red circle", "a photo of a dog", "", "mona lisa by leonardo da vinci"]
 TIMESTEPS = torch.tensor([10, 300, 600, 990])
@@ -132,3 +138,30 @@ def test_training_magnitudes_draw_timesteps_and_noise(step):
     assert d.shape == t.shape == (len(PROMPTS),) and ((t >= 0) & (t < 1000)).all()
     assert torch.equal(t, t2) and torch.allclose(d, again)
     assert not d.requires_grad and all(p.grad is None for p in unet.parameters())
+
+
+def _result(keep: list[bool]) -> FilterResult:
+    n = len(keep)
+    return FilterResult(keep=torch.tensor(keep), d=torch.zeros(n), threshold=torch.ones(n))
+
+
+def test_flagged_samples_are_left_out_for_the_rest_of_training():
+    flagged = FlaggedSamples(strikes=1)
+    first = flagged.update(["cat", "dog", "cat"], _result([True, False, False]))
+    assert first.keep.tolist() == [False, False, False]  # the cat's other copy goes with it, in the same batch
+    assert flagged.excluded == {"cat", "dog"}
+    later = flagged.update(["dog", "cow", "cat"], _result([True, True, True]))  # they pass now: still left out
+    assert later.keep.tolist() == [False, True, False] and not later.skip
+    assert flagged.update(["dog"], _result([True])).skip
+
+
+def test_strikes_spare_a_single_crossing():
+    flagged = FlaggedSamples(strikes=2)
+    assert flagged.update([1, 2], _result([False, True])).keep.tolist() == [False, True]  # this draw still drops it
+    assert flagged.excluded == set()
+    assert flagged.update([1, 2], _result([True, True])).keep.tolist() == [True, True]
+    assert flagged.update([1, 2], _result([False, True])).keep.tolist() == [False, True]
+    assert flagged.excluded == {1}
+    assert flagged.update([1, 2], _result([True, True])).keep.tolist() == [False, True]
+    with pytest.raises(ValueError, match="2 keys for a batch of 1"):
+        flagged.update([1, 2], _result([True]))
