@@ -168,8 +168,8 @@ def main() -> None:
         "--strikes",
         type=int,
         nargs="*",
-        default=[],
-        help="also run the per-sample filter (FlaggedSamples keyed by caption) with these strike counts",
+        default=[2],
+        help="also run the per-sample filter (FlaggedSamples keyed by caption) with these strike counts (default 2)",
     )
     args = ap.parse_args()
     base = setup()
