@@ -214,9 +214,11 @@ def test_tab_service_uses_the_model_only_under_the_hosts_queue_lock(host):
     )
     try:
         service = A1111Service()
-        service.analyze("a red circle", [0])
+        service.analyze("a (red:1.2) circle AND a square", [0, 1])
+        service.audit(["a red circle", "a blue square"], [0])
         service.calibrate(["a shape", "a form", "a thing"], 0.1)
         assert held and all(held)
+        assert not call_queue.queue_lock.locked()  # released after each call
         generate(host)  # the generation itself holds the lock too (the host's wrap_gradio_gpu_call)
         assert all(held)
 

@@ -298,35 +298,3 @@ def test_concurrent_clients_each_get_their_own_results(served):
     for prompt, response in got.items():
         assert response.status_code == 200
         assert response.json() == alone[prompt]
-
-
-def test_the_webui_service_uses_the_model_only_under_the_hosts_generation_lock(tiny_dir, monkeypatch):
-    """The tab and the API run beside generations (gradio runs events in parallel): each model call of the WebUI
-    service holds ``modules.call_queue.queue_lock``, which every generation holds too."""
-    from pathlib import Path
-
-    import fakehost
-
-    pytest.importorskip("gradio")
-    fakehost.uninstall()
-    fakehost.boot(tiny_dir, extension_dirs=[str(Path(__file__).resolve().parents[1])], api=True)
-    try:
-        from modules import call_queue, shared
-
-        from memguard.hosts.a1111_service import A1111Service
-
-        held: list[bool] = []
-        apply_model = shared.sd_model.apply_model
-
-        def watched(*args, **kwargs):
-            held.append(call_queue.queue_lock.locked())
-            return apply_model(*args, **kwargs)
-
-        monkeypatch.setattr(shared.sd_model, "apply_model", watched)
-        service = A1111Service()
-        service.analyze("a (red:1.2) circle AND a square", [0, 1])
-        service.audit(["a red circle", "a blue square"], [0])
-        assert held and all(held)
-        assert not call_queue.queue_lock.locked()
-    finally:
-        fakehost.uninstall()
