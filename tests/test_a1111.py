@@ -11,7 +11,18 @@ import fakehost
 import numpy as np
 import pytest
 import torch
-from webui_helpers import GUARD, data, flag_one, generate, guard_index, pixels, scores, set_threshold, side
+from webui_helpers import (
+    GUARD,
+    assert_scoring_failure_contained,
+    data,
+    flag_one,
+    generate,
+    guard_index,
+    pixels,
+    scores,
+    set_threshold,
+    side,
+)
 
 pytest.importorskip("gradio")
 
@@ -137,18 +148,7 @@ def test_two_chunk_prompt_and_batches(host):
 
 
 def test_failure_inside_memguard_leaves_generation_alone(host, monkeypatch):
-    from memguard.hosts import a1111
-
-    plain = generate(host, batch_size=2)
-
-    def boom(*a, **k):
-        raise RuntimeError("injected")
-
-    monkeypatch.setattr(a1111, "_record", boom)
-    out = generate(host, batch_size=2)
-    assert "memguard could not score this generation: scoring: RuntimeError: injected" in out.comments
-    for a, b in zip(pixels(out), pixels(plain)):
-        assert np.array_equal(a, b)
+    assert_scoring_failure_contained(host, monkeypatch)
 
 
 def test_api_dict_args_and_infotext_roundtrip(host):
