@@ -55,8 +55,9 @@ log = logging.getLogger("memguard")
 ATTR = "_memguard_run"
 # the run and CFG denoiser of the denoiser call in progress, as weak references (see the module docstring)
 _active: dict[str, weakref.ref | None] = {"run": None, "denoiser": None}
-# the hooks memguard has installed on the model now (the attention edit of the batch being sampled)
-_hooks: list[contextlib.ExitStack] = [contextlib.ExitStack()]
+# the hooks memguard has installed on the model now (the attention edit of the batch being sampled); None when there
+# are none, so that the check at every denoiser call of every generation costs nothing
+_hooks: list[contextlib.ExitStack | None] = [None]
 
 
 # --- conditioning that may be a tensor (SD1/SD2) or a dict (SDXL: crossattn + vector) -------------------------------
@@ -158,9 +159,16 @@ class Run:
 
 def release_hooks() -> None:
     """Remove every hook memguard has installed on the model."""
-    stack = _hooks[0]
-    _hooks[0] = contextlib.ExitStack()
-    stack.close()
+    stack, _hooks[0] = _hooks[0], None
+    if stack is not None:
+        stack.close()
+
+
+def _hook_stack() -> contextlib.ExitStack:
+    """Where memguard's hooks go, removed together by :func:`release_hooks`."""
+    if _hooks[0] is None:
+        _hooks[0] = contextlib.ExitStack()
+    return _hooks[0]
 
 
 def _current() -> tuple[Run | None, Any]:
@@ -738,7 +746,7 @@ def _install(run: Run, p: Any, params: Any, rows: list[int], case: Case, interve
         run.mitigated_rows[r] = intervention.cond[j].to(crossattn.dtype)
     if intervention.attention is not None:
         lay = run.step0.layout
-        _hooks[0].enter_context(
+        _hook_stack().enter_context(
             rescaled_attention(
                 cross_attention_modules(_unet()),
                 rows,
