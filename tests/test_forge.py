@@ -295,6 +295,28 @@ def test_failing_attention_edit_is_dropped_and_sampling_goes_on(host, monkeypatc
     assert len(pixels(out)) == 2
 
 
+def test_failed_mitigation_keeps_the_verdict_and_says_so(host, monkeypatch):
+    """As on A1111: a strategy that fails (out of memory, say) is dropped before it takes effect; the image keeps its
+    score and verdict, is generated unmitigated, and says why; the next batch tries again."""
+    from memguard.hosts import forge
+
+    plain, flagged = flag_one(host, n_iter=2, batch_size=2)
+
+    def boom(*a, **k):
+        raise torch.OutOfMemoryError("injected")
+
+    monkeypatch.setattr(forge.Pass, "_mitigate", boom)
+    out = generate(host, GUARD, {guard_index(): "attention"}, batch_size=2, n_iter=2, seed=11)
+    res = results(out)
+    assert [r["index"] for r in res] == [0, 1, 2, 3] and all(r["mitigation"] is None for r in res)
+    failed = [r["index"] for r in res if r.get("mitigation_error") == "OutOfMemoryError: injected"]
+    assert failed == [r["index"] for r in res if r["flagged"]] and flagged in failed
+    assert "Memguard mitigation: failed (OutOfMemoryError)" in out.infotexts[out.index_of_first_image + flagged]
+    for a, b in zip(pixels(out), pixels(plain)):
+        assert np.array_equal(a, b)
+    assert_clean()
+
+
 def test_without_memguard_nothing_is_patched(host):
     from modules import shared
 

@@ -34,7 +34,7 @@ import logging
 import time
 import traceback
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -667,18 +667,32 @@ def _mitigate(run: Run, p: Any, params: Any) -> None:
     reports: dict[int, Any] = {}
     failed = ""
     if targets:
-        try:
-            reports = _intervene(run, p, params, targets, eps_c, reference, detections, started)
-        except Exception as err:  # e.g. out of memory: the images are sampled as if memguard only watched
-            log_failure("mitigation")
-            run.abandon_mitigation()
-            failed = f"{type(err).__name__}: {err}"
-        if failed:  # outside the handler, once the traceback (and the optimizer's tensors) are gone
-            free_memory()
+        reports, failed = try_intervention(
+            run, lambda: _intervene(run, p, params, targets, eps_c, reference, detections, started), {}
+        )
     run.reference = reference
     _record(run, p, denoiser, detections, reference, reports)
-    offset = getattr(p, "iteration", 0) * getattr(p, "batch_size", lay.batch)
-    for i in targets if failed else ():
+    if failed:
+        mark_unmitigated(run, p, targets, failed, lay.batch)
+
+
+def try_intervention(run: Run, intervene: Callable[[], Any], fallback: Any) -> tuple[Any, str]:
+    """``(intervene(), "")``; when it fails (out of memory, say) the mitigation is abandoned before it takes effect
+    (the images are sampled as if memguard only watched), memory is freed, and ``(fallback, reason)`` returned."""
+    try:
+        return intervene(), ""
+    except Exception as err:
+        log_failure("mitigation")
+        run.abandon_mitigation()
+        failed = f"{type(err).__name__}: {err}"
+    free_memory()  # outside the handler, once the traceback (and the optimizer's tensors) are gone
+    return fallback, failed
+
+
+def mark_unmitigated(run: Run, p: Any, targets: list[int], failed: str, batch: int) -> None:
+    """Say in the recorded results of the batch's ``targets`` why they were generated unmitigated."""
+    offset = getattr(p, "iteration", 0) * getattr(p, "batch_size", batch)
+    for i in targets:
         run.results[offset + i]["mitigation_error"] = failed
 
 

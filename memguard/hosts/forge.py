@@ -199,12 +199,10 @@ class Pass:
                 with torch.inference_mode(False), torch.no_grad():
                     return self._first_step(denoiser, args)
             return self._guide(denoiser, args) if run.guidance else denoised
-        except Exception as err:  # memguard must never fail the generation
-            log.exception("memguard: %s failed", what)
-            run.errors.append(f"{what}: {type(err).__name__}: {err}")
-            self.edit, run.guidance = None, {}
-            run.original_rows.clear()
-            run.mitigated_rows.clear()
+        except Exception as err:  # memguard must never fail the generation; after a fault it only watches
+            a1111.log_failure(what)
+            run.fail(what, err)
+            self.edit = None
             return denoised
 
     def _first_step(self, denoiser: Any, args: dict) -> torch.Tensor:
@@ -224,12 +222,20 @@ class Pass:
         reference = a1111._reference(self.model(role=1), step0) if extra else eps_u
         detections = a1111._score(run, torch.cat([eps_c, eps_u]), reference if extra else None, extra)
         targets = [i for i, d in enumerate(detections) if d.scorable and (run.force or d.flagged)]
-        denoised, reports = args["denoised"], {}
+        denoised, reports, failed = args["denoised"], {}, ""
         if run.mode == "mitigate" and targets:
             extra_rows = int(extra) + int(lay.n_cond != lay.batch)  # UNet rows this took per image beyond the host's
-            denoised, reports = self._mitigate(denoiser, args, targets, detections, eps_c, reference, extra_rows)
+            (denoised, reports), failed = a1111.try_intervention(
+                run,
+                lambda: self._mitigate(denoiser, args, targets, detections, eps_c, reference, extra_rows),
+                (denoised, reports),
+            )
+            if failed:
+                self.edit = None
         run.reference = reference
         a1111._record(run, p, self.model(), detections, reference, reports)
+        if failed:
+            a1111.mark_unmitigated(run, p, targets, failed, lay.batch)
         return denoised
 
     def _step0(self, denoiser: Any, x: torch.Tensor, sigma: torch.Tensor, uncond_x0: torch.Tensor) -> a1111.Step0:
@@ -373,9 +379,9 @@ class Pass:
                 values = v[index][:, list(positions)]
                 edited[index] = attention.attention_function(q[index], keys, values, heads).to(out.dtype)
             return edited
-        except Exception as err:  # drop the edit, keep sampling
-            log.exception("memguard: attention edit failed")
-            self.run.errors.append(f"attention edit: {type(err).__name__}: {err}")
+        except Exception as err:  # drop the edit, keep sampling; after a fault memguard only watches
+            a1111.log_failure("attention edit")
+            self.run.fail("attention edit", err)
             self.edit = None
             return out
 
