@@ -64,10 +64,15 @@ def result(prompt: str, scores: Sequence[float | None], threshold: float | None,
     }
 
 
-def calibration_from(service: Service, prompts: Sequence[str], fpr: float, **meta) -> tuple[Calibration, list]:
-    """Score ``prompts`` as benign with one seed and derive the threshold at ``fpr``."""
+def calibrate_into(service: Service, store: CalibrationStore, prompts: Sequence[str], fpr: float, **meta) -> dict:
+    """Score ``prompts`` as benign with one seed, derive the threshold at ``fpr`` and store it under the service's
+    model id; the store is checked first, so that a long run's result is never lost to a file it cannot write.
+    ``{"threshold", "fpr", "n", "scores"}``."""
+    store.check_writable()
     scores = [r["score"] for r in service.audit(prompts, [0]) if r["score"] is not None]
-    return Calibration.from_scores(scores, fpr, **meta), scores
+    calibration = Calibration.from_scores(scores, fpr, **meta)
+    store.put(service.model_id(), calibration)
+    return {"threshold": calibration.threshold, "fpr": fpr, "n": len(scores), "scores": scores}
 
 
 @dataclass
@@ -101,7 +106,4 @@ class PipelineService:
         return [result(prompt, [d.score for d in dets], tau) for prompt, dets in zip(prompts, per_prompt)]
 
     def calibrate(self, prompts: Sequence[str], fpr: float) -> dict:
-        self.store.check_writable()  # before scoring: a long run's result must not be lost
-        calibration, scores = calibration_from(self, prompts, fpr)
-        self.store.put(self.model.model_hash, calibration)
-        return {"threshold": calibration.threshold, "fpr": fpr, "n": len(scores), "scores": scores}
+        return calibrate_into(self, self.store, prompts, fpr)

@@ -29,7 +29,7 @@ from .. import prompt_syntax
 from ..algebra import eps_from_v
 from ..detect import wen_norm
 from ..explain import explain, significance
-from ..service import calibration_from, result
+from ..service import calibrate_into, result
 from . import a1111
 
 T_FIRST = 999
@@ -115,11 +115,7 @@ class A1111Service:
         return out
 
     def calibrate(self, prompts: Sequence[str], fpr: float) -> dict:
-        store = a1111.store()
-        store.check_writable()  # before scoring: a long run's result must not be lost
-        calibration, scores = calibration_from(self, prompts, fpr, sampler="k-diffusion first step (t=999)")
-        store.put(self.model_id(), calibration)
-        return {"threshold": calibration.threshold, "fpr": fpr, "n": len(scores), "scores": scores}
+        return calibrate_into(self, a1111.store(), prompts, fpr, sampler="k-diffusion first step (t=999)")
 
     def _analyze(self, prompt: str, seeds: Sequence[int]) -> dict:
         tau = self.threshold()
