@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from .perceptual_hash import dhash, near_duplicate_pairs, phash
+from .ui.files import spreadsheet_cell
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 CAPTION_SUFFIX = ".txt"
@@ -244,7 +245,8 @@ def write_csv(entries: list[Entry], path: Path) -> None:
     with open(path, "w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, fieldnames=COLUMNS)
         writer.writeheader()
-        writer.writerows(asdict(e) for e in entries)
+        for entry in entries:  # text a spreadsheet would evaluate (a caption "=..."), neutralized as the tab's CSV does
+            writer.writerow({k: spreadsheet_cell(v) if isinstance(v, str) else v for k, v in asdict(entry).items()})
 
 
 def write_jsonl(entries: list[Entry], path: Path) -> None:

@@ -172,3 +172,16 @@ def test_audit_data_without_model_and_missing_folder(folder, tmp_path, capsys):
     assert "base model" not in capsys.readouterr().out
     with pytest.raises(SystemExit, match="not a directory"):
         cli.main(["audit-data", "--data", str(tmp_path / "nowhere"), "--out", str(out), "--no-score"])
+
+
+def test_csv_report_neutralizes_spreadsheet_formulas(tmp_path):
+    """A caption (or file name) a spreadsheet would evaluate is written with a leading ``'``, as the tab's CSV does."""
+    root = tmp_path / "data"
+    root.mkdir()
+    picture(1).save(root / "=cmd.png")
+    (root / "=cmd.txt").write_text('=HYPERLINK("http://example.invalid","click")', encoding="utf-8")
+    out = tmp_path / "report.csv"
+    assert cli.main(["audit-data", "--data", str(root), "--out", str(out), "--no-score"]) == 0
+    with open(out, newline="", encoding="utf-8") as handle:
+        (row,) = list(csv.DictReader(handle))
+    assert row["caption"] == "'=HYPERLINK(\"http://example.invalid\",\"click\")" and row["file"] == "'=cmd.png"

@@ -97,7 +97,7 @@ def read_prompt_file(path: Path | str) -> list[str]:
     return prompts
 
 
-def _cell(value: object) -> str:
+def spreadsheet_cell(value: object) -> str:
     """A CSV cell a spreadsheet will not evaluate as a formula (a leading ``'`` neutralizes ``=``, ``+``, ...)."""
     text = "" if value is None else str(value)
     return "'" + text if text.startswith(FORMULA_START) else text
@@ -115,7 +115,7 @@ def audit_csv_rows(rows: Sequence[dict]) -> list[list[str]]:
         out.append(
             [
                 str(index),
-                _cell(row.get("prompt", "")),
+                spreadsheet_cell(row.get("prompt", "")),
                 _number(row.get("score")),
                 _number(row.get("threshold")),
                 "yes" if row.get("flagged") else "no",

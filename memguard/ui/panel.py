@@ -51,7 +51,7 @@ def heat_level(normalized: float | None) -> int:
     """Map a word's share of the prompt's strongest word (0..1) to one of :data:`HEAT_LEVELS` colour classes."""
     if not finite(normalized):
         return 0
-    return max(0, min(HEAT_LEVELS - 1, int(min(max(normalized, 0.0), 1.0) * HEAT_LEVELS)))
+    return min(HEAT_LEVELS - 1, int(min(max(normalized, 0.0), 1.0) * HEAT_LEVELS))
 
 
 def _clean_words(prompt: str, words: Iterable[Mapping[str, Any]] | None) -> list[Mapping[str, Any]]:
