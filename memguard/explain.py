@@ -29,6 +29,7 @@ from .detect import wen_norm
 from .tokens import Tokenized
 
 EpsModel = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+OCCLUSION_ROWS = 16  # UNet rows per call of token_occlusion
 
 
 def token_gradients(eps_model: EpsModel, x: torch.Tensor, cond: torch.Tensor, eps_empty: torch.Tensor) -> torch.Tensor:
@@ -52,7 +53,7 @@ def token_occlusion(
     eps_empty: torch.Tensor,
     empty: torch.Tensor,
     positions: Sequence[int],
-    rows_per_call: int = 16,
+    rows_per_call: int = OCCLUSION_ROWS,
 ) -> torch.Tensor:
     """Per-position drop of ``d`` when that position's embedding is swapped for the empty prompt's, averaged over
     the rows ``j``, clamped at 0 (a token whose removal raises ``d`` does not drive it); shape ``(L,)``, zero at

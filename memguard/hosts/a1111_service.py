@@ -18,8 +18,9 @@ backward pass (Forge's are inference tensors, see ``forge_service``), said in th
 
 from __future__ import annotations
 
+import contextlib
 import statistics
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -101,15 +102,25 @@ class A1111Service:
         parts = [text for text, _w, _o in prompt_syntax.split_and(prompt)] or [prompt]
         return [prompt_parser.get_learned_conditioning_prompt_schedules([t], 20)[0][0][1] for t in parts]
 
-    def analyze(self, prompt: str, seeds: Sequence[int]) -> dict:
+    @contextlib.contextmanager
+    def _model_in_use(self) -> Iterator[None]:
+        """Hold the host's generation lock, with the model made ready for memguard's own calls."""
         with a1111.host_queue():
+            self._prepare()
+            yield
+
+    def _prepare(self) -> None:
+        """Nothing on A1111: its ``--medvram`` / ``--lowvram`` hooks move the weights as they are called."""
+
+    def analyze(self, prompt: str, seeds: Sequence[int]) -> dict:
+        with self._model_in_use():
             return self._analyze(prompt, seeds)
 
     def audit(self, prompts: Sequence[str], seeds: Sequence[int]) -> list[dict]:
         tau = self.threshold()
         out = []
         for prompt in prompts:  # the lock prompt by prompt: a generation can start between two
-            with a1111.host_queue():
+            with self._model_in_use():
                 per_part = [self._scores(text, seeds)[0] for text in self._subprompts(prompt)]
             out.append(result(prompt, max(per_part, key=statistics.fmean), tau))
         return out

@@ -25,7 +25,8 @@ from typing import Any
 import torch
 
 from ..algebra import eps_from_x0
-from .a1111_service import T_FIRST, A1111Service
+from ..explain import OCCLUSION_ROWS
+from .a1111_service import T_FIRST, A1111Service, _latent_shape
 from .forge import _Model
 
 
@@ -42,21 +43,24 @@ class ForgeService(A1111Service):
     def _network(self) -> torch.nn.Module:
         return self._patcher().model.diffusion_model
 
+    def _prepare(self) -> None:
+        """Forge's ``sampling_prepare`` step: its memory manager loads the UNet, for calls of up to
+        :data:`OCCLUSION_ROWS` rows (the tab's seeds are as many at most), before memguard reads its device and
+        calls it."""
+        try:
+            from backend import memory_management
+        except ImportError:
+            return
+        patcher = self._patcher()
+        shape = _latent_shape(self._network(), self._model())
+        required = patcher.memory_required([2 * OCCLUSION_ROWS, *shape]) if hasattr(patcher, "memory_required") else 0
+        memory_management.load_models_gpu([patcher], memory_required=required)
+
     def _eps(self, x: torch.Tensor, cond: Any) -> torch.Tensor:
         patcher = self._patcher()
-        _load_to_device(patcher, x)
         sigma = patcher.model.predictor.sigma(torch.full((x.shape[0],), float(T_FIRST))).to(x.device)
         x_k = x * (sigma**2 + 1).sqrt().view(-1, *([1] * (x.ndim - 1)))
         wrapped = cond if isinstance(cond, dict) else {"c_crossattn": [cond]}
         x0 = _Model(patcher).inner_model(x_k, sigma, cond=wrapped)
         return eps_from_x0(x_k, x0, sigma)
 
-
-def _load_to_device(patcher: Any, x: torch.Tensor) -> None:
-    """Forge's ``sampling_prepare`` step: have its memory manager load the UNet before memguard calls it."""
-    try:
-        from backend import memory_management
-    except ImportError:
-        return
-    required = patcher.memory_required([x.shape[0] * 2, *x.shape[1:]]) if hasattr(patcher, "memory_required") else 0
-    memory_management.load_models_gpu([patcher], memory_required=required)
