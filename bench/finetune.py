@@ -216,34 +216,31 @@ def main() -> None:
         f"timestep range: {dropped_by_timestep(plain, images, contexts, duplicated, distinct, first)}"
     )
     rows.append(evaluate("fine-tuned", plain, f"{plain_time.seconds:.0f} s", "-"))
-    for q, threshold in thresholds.items():
-        log(f"fine-tuning with the filter, quantile {q}")
-        with Timer() as filtered_time:
-            filtered, dropped = finetune(base, images, contexts, duplicated, args.steps, args.seed, threshold)
-        ratio = filtered_time.seconds / plain_time.seconds
-        log(f"  {filtered_time.seconds:.0f} s; evaluating")
+    def filtered_row(label: str, threshold: TimestepThreshold, memory: FlaggedSamples | None) -> list:
+        log(f"fine-tuning with the {label}")
+        with Timer() as clock:
+            model, dropped = finetune(
+                base, images, contexts, duplicated, args.steps, args.seed, threshold, memory, captions
+            )
+        log(f"  {clock.seconds:.0f} s; evaluating")
         summary = (
             f"{dropped['duplicated']} duplicated + {dropped['general']} general of "
             f"{args.steps * train.BATCH_SIZE} ({dropped['skipped steps']} steps skipped)"
         )
-        time = f"{filtered_time.seconds:.0f} s (x{ratio:.2f})"
-        rows.append(evaluate(f"fine-tuned + filter (q {q})", filtered, time, summary))
-        for strikes in args.strikes:
-            log(f"fine-tuning with the per-sample filter, quantile {q}, {strikes} strike(s)")
-            memory = FlaggedSamples(strikes=strikes)
-            with Timer() as sample_time:
-                filtered, dropped = finetune(
-                    base, images, contexts, duplicated, args.steps, args.seed, threshold, memory, captions
-                )
-            log(f"  {sample_time.seconds:.0f} s; evaluating")
+        if memory is not None:
             excluded = memory.excluded
-            summary = (
-                f"{dropped['duplicated']} duplicated + {dropped['general']} general of "
-                f"{args.steps * train.BATCH_SIZE} ({dropped['skipped steps']} steps skipped); captions left out: "
-                f"{len(excluded & set(names))} of {len(names)} duplicated, {len(excluded - set(names))} general"
+            summary += (
+                f"; captions left out: {len(excluded & set(names))} of {len(names)} duplicated, "
+                f"{len(excluded - set(names))} general"
             )
-            time = f"{sample_time.seconds:.0f} s (x{sample_time.seconds / plain_time.seconds:.2f})"
-            rows.append(evaluate(f"+ per-sample filter (q {q}, {strikes} strikes)", filtered, time, summary))
+        time = f"{clock.seconds:.0f} s (x{clock.seconds / plain_time.seconds:.2f})"
+        return evaluate(f"+ {label}", model, time, summary)
+
+    for q, threshold in thresholds.items():
+        rows.append(filtered_row(f"Wen's filter (q {q})", threshold, None))
+        for strikes in args.strikes:
+            label = f"per-sample filter (q {q}, {strikes} strikes)"
+            rows.append(filtered_row(label, threshold, FlaggedSamples(strikes)))
     n_dup = int(duplicated.float().mean().item() * args.steps * train.BATCH_SIZE)
     log("timing the overhead")
     ratio = overhead(base, images, contexts, duplicated, next(iter(thresholds.values())))
