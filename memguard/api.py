@@ -203,7 +203,7 @@ def register_routes(app: Any, service_factory: Callable[[], Service], api_auth: 
         return SCHEMA
 
     def calibration(service: Service, _data: dict) -> dict:
-        return {"model": service.model_id(), "threshold": service.threshold()}
+        return {"model": service.model_id(), "threshold": service.threshold(), "source": service.threshold_source()}
 
     async def panel(request: Request):
         """Render the warning panel for a generation's results (pure formatting: no model, no credentials)."""

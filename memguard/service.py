@@ -31,6 +31,10 @@ class Service(Protocol):
 
     def threshold(self) -> float | None: ...
 
+    def threshold_source(self) -> str:
+        """Where :meth:`threshold` comes from (calibrated, shipped, manual), or why there is none."""
+        ...
+
     def analyze(self, prompt: str, seeds: Sequence[int]) -> dict:
         """``{"prompt", "scores": [per seed], "score", "threshold", "flagged", "words": [...], "tokens": [...]}``"""
         ...
@@ -90,6 +94,14 @@ class PipelineService:
     def threshold(self) -> float | None:
         stored = self.store.get(self.model.model_hash)
         return stored.threshold if stored is not None else self.model.shipped_threshold()
+
+    def threshold_source(self) -> str:
+        stored = self.store.get(self.model.model_hash)
+        if stored is not None:
+            return f"calibrated at FPR {stored.fpr:g}"
+        if self.model.shipped_threshold() is not None:
+            return "shipped with the model"
+        return "this model is not calibrated yet"
 
     def analyze(self, prompt: str, seeds: Sequence[int]) -> dict:
         from .pipeline import explain_prompt, score

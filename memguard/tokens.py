@@ -16,6 +16,7 @@ from __future__ import annotations
 import gzip
 import importlib.util
 import json
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -83,14 +84,20 @@ def write_tokenizer_files(directory: Path, bpe_path: Path | None = None) -> Path
 
 
 def load_tokenizer(directory: Path | None = None):
-    """A ``transformers`` CLIP tokenizer from a ``tokenizer/`` folder, or built offline when none is given."""
-    from transformers import CLIPTokenizer
+    """A fast ``transformers`` CLIP tokenizer from a ``tokenizer/`` folder, or built offline when none is given.
+
+    Fast, because only the Rust tokenizer gives character offsets (transformers 4.x's slow ``CLIPTokenizer`` refuses
+    ``return_offsets_mapping``); loaded from files, because that is the one constructor transformers 4.30 (A1111),
+    4.46 (Forge) and 5.x share. Without a folder the vocabulary is written from open-clip-torch's merges file to a
+    temporary folder first (:func:`write_tokenizer_files`).
+    """
+    from transformers import CLIPTokenizerFast
 
     if directory is not None:
-        tokenizer = CLIPTokenizer.from_pretrained(str(directory), local_files_only=True)
+        tokenizer = CLIPTokenizerFast.from_pretrained(str(directory), local_files_only=True)
     else:
-        vocab, merges = clip_vocab()
-        tokenizer = CLIPTokenizer(vocab=vocab, merges=[tuple(m.split()) for m in merges])
+        with tempfile.TemporaryDirectory(prefix="memguard-clip-") as folder:
+            tokenizer = CLIPTokenizerFast.from_pretrained(write_tokenizer_files(Path(folder)), local_files_only=True)
     tokenizer.model_max_length = 1 << 30  # memguard chunks long prompts itself (see ``tokenize``)
     return tokenizer
 

@@ -232,3 +232,71 @@ def test_tab_service_uses_the_model_only_under_the_hosts_queue_lock(host):
         assert done.is_set() and held and all(held)
     finally:
         hook.remove()
+
+
+def api_txt2img(host, **fields) -> dict:
+    """``POST /sdapi/v1/txt2img`` through the host's own API object; the response's ``info`` parsed."""
+    body = {"prompt": "a red circle", "steps": 3, "width": side(), "height": side(), **fields}
+    return json.loads(host.api.text2imgapi(body).info)
+
+
+def test_api_response_carries_the_per_image_results(host):
+    """API callers get every image's score, threshold, verdict, words and mitigation in ``info`` (the host's JSON
+    turns callables into nulls and drops ``comments``), with per-request options given as a dict."""
+    options = {"action": "mitigate", "strategy": "attention", "threshold": 1e-6, "explain": True}
+    info = api_txt2img(host, batch_size=2, alwayson_scripts={"memguard": {"args": [options]}})
+    params = info["extra_generation_params"]
+    assert not any(key.startswith("Memguard") and value is None for key, value in params.items())  # no nulls
+    memguard = params["memguard"]
+    assert memguard["source"] == "manual threshold (request)" and memguard["errors"] == []
+    results = memguard["results"]
+    assert [r["index"] for r in results] == [0, 1] and all(r["score"] > 0 for r in results)
+    assert all(r["threshold"] == 1e-6 and r["verdict"] == "flagged" for r in results)
+    assert all(r["mitigation"]["strategy"] == "attention" and r["mitigation"]["score_after"] for r in results)
+    assert all({w["text"] for w in r["words"]} == {"a", "red", "circle"} for r in results)
+    assert "Memguard verdict: flagged" in info["infotexts"][0]
+
+
+def test_api_options_are_validated_and_the_settings_fill_the_rest(host):
+    from modules import shared
+
+    shared.opts.memguard_watch = False
+    assert "memguard" not in api_txt2img(host)["extra_generation_params"]  # the setting: not watched
+    watched = api_txt2img(host, alwayson_scripts={"memguard": {"args": [{"watch": True}]}})
+    assert watched["extra_generation_params"]["memguard"]["results"][0]["verdict"] == "uncalibrated"
+    for bad, message in [
+        ({"strategyy": "auto"}, "unknown memguard option 'strategyy'"),
+        ({"action": "delete"}, "memguard option 'action' must be one of warn, mitigate"),
+        ({"threshold": -1}, "memguard option 'threshold' must be a number above 0"),
+        ("not json", "memguard's argument is not JSON"),
+    ]:
+        info = api_txt2img(host, alwayson_scripts={"memguard": {"args": [bad]}})
+        (error,) = info["extra_generation_params"]["memguard"]["errors"]
+        assert error.startswith("reading the request's options: OptionsError: " + message), error
+        assert len(info["infotexts"]) == 1  # the image is made all the same
+
+
+def test_audit_log_and_infotext_share_one_verdict(host, tmp_path):
+    from modules import shared
+
+    log = tmp_path / "audit.jsonl"
+    shared.opts.memguard_audit_log = str(log)
+    out = generate(host)
+    (row,) = [json.loads(line) for line in log.read_text().splitlines()]
+    assert row["verdict"] == "uncalibrated" and "Memguard verdict: uncalibrated" in out.infotexts[0]
+    assert row["threshold_source"] == "this checkpoint is not calibrated yet (Memorization tab, Calibrate)"
+
+
+def test_mitigation_that_stays_above_the_threshold_says_so(host):
+    """A mitigation whose re-scored first step is still above the threshold is not reported as mitigated."""
+    from memguard.ui.panel import render_result
+
+    set_threshold(1e-6)
+    out = generate(host, GUARD, {guard_index(): "attention"})
+    (result,) = data(out)["results"]
+    after = result["mitigation"]["score_after"]
+    assert after > 1e-6
+    assert f"Memguard mitigation: attention {result['score']:.4g}->{after:.4g} still above threshold" in out.infotexts[0]
+    assert "mitigation (attention) did not bring it below the threshold" in out.comments
+    html = render_result(result)
+    assert "still above the threshold" in html and ", mitigated" not in html

@@ -84,10 +84,12 @@ def test_request_size_bounds(service):
 
 def test_calibration_round_trip(service):
     c = client(service)
-    assert c.get(f"{PREFIX}/calibration").json()["threshold"] is None
+    before = c.get(f"{PREFIX}/calibration").json()
+    assert before["threshold"] is None and before["source"] == "this model is not calibrated yet"
     r = c.post(f"{PREFIX}/calibration", json={"fpr": 0.1, "prompts": [f"a shape number {i}" for i in range(12)]})
     assert r.status_code == 200 and r.json()["n"] == 12
-    assert c.get(f"{PREFIX}/calibration").json()["threshold"] == pytest.approx(r.json()["threshold"])
+    after = c.get(f"{PREFIX}/calibration").json()
+    assert after["threshold"] == pytest.approx(r.json()["threshold"]) and after["source"] == "calibrated at FPR 0.1"
     assert c.post(f"{PREFIX}/calibration", json={"fpr": 2}).status_code == 422
 
 

@@ -251,14 +251,15 @@ def test_embedding_falls_back_to_attention_when_forge_weights_are_inference_tens
 @needs_text_model
 @pytest.mark.parametrize("ordinary", [False, True])
 def test_auto_mitigation_in_a_batch_of_two_iterations(host, ordinary):
-    """Forge's inference-tensor weights: auto is attention + guidance; with ordinary weights it optimizes."""
+    """Forge's inference-tensor weights: auto is attention + guidance; with ordinary weights it optimizes, and, the
+    threshold being out of reach, adds the attention edit as its next step."""
     if ordinary:
         make_weights_ordinary()
     set_threshold(1e-6)
     out = generate(host, GUARD, {guard_index(): "auto"}, batch_size=2, n_iter=2)
     res = results(out)
     assert [r["index"] for r in res] == [0, 1, 2, 3]
-    expected = "embedding+guidance" if ordinary else "attention+guidance"
+    expected = "embedding+attention+guidance" if ordinary else "attention+guidance"
     assert all(r["mitigation"]["strategy"] == expected for r in res)
     assert_clean()
 
@@ -381,3 +382,103 @@ def test_tab_and_api_service_reads_forge_unet(host):
     r = TestClient(app).post(f"{PREFIX}/score", json={"prompts": [prompt], "seeds": 2})
     assert r.status_code == 200
     assert r.json()["results"][0]["scores"] == pytest.approx(analyzed["scores"], rel=1e-5)
+
+
+def boot_with_freeu(model_dir: Path, order: str):
+    """The Forge double with a FreeU-like built-in (clones the UNet patcher) loaded before or after memguard; the
+    host gets ``freeu_arg``, the index of FreeU's "Enabled" input."""
+    fakehost.uninstall()
+    fakeforge.uninstall()
+    fakeforge.install()
+    from forge_freeu import make_freeu
+
+    from memguard.hosts import forge
+    from memguard.hosts.forge_scripts import make_scripts
+
+    memguard_scripts, freeu = list(make_scripts()), [make_freeu()]
+    classes = freeu + memguard_scripts if order == "freeu first" else memguard_scripts + freeu
+    h = fakeforge.boot(model_dir, script_classes=classes, api=True)
+    forge.register()
+    from modules import scripts, shared
+
+    shared.opts.memguard_threshold = 0.0
+    h.freeu_arg = next(s for s in scripts.scripts_txt2img.alwayson_scripts if s.title() == "FreeU Integrated").args_from
+    return h
+
+
+@pytest.fixture(params=["freeu first", "freeu last"])
+def freeu_host(request, model_dir):
+    yield boot_with_freeu(model_dir, request.param)
+    fakeforge.uninstall()
+
+
+HIRES = dict(enable_hr=True, hr_scale=2, hr_upscaler="Latent", denoising_strength=0.5)
+
+
+@pytest.mark.parametrize("hires", [False, True], ids=["plain", "hires"])
+def test_extensions_that_clone_the_patcher_work_beside_memguard(freeu_host, hires):
+    """Forge's built-ins clone the patcher memguard's clone has become (deep copy of its model options; twice for a
+    hires pass, around a reset): they must not fail, their patch must act, memguard must score with it in force and
+    leave the images as they are without memguard."""
+    from modules import shared
+
+    on = {freeu_host.freeu_arg: True}
+    fields = dict(batch_size=2, negative_prompt="blurry", **(HIRES if hires else {}))
+    out = generate(freeu_host, script_args=on, **fields)
+    assert "Traceback" not in (out.comments or "") and "could not" not in (out.comments or "")
+    assert [r["index"] for r in results(out)] == [0, 1] and all(r["score"] > 0 for r in results(out))
+    shared.opts.memguard_watch = False
+    unwatched = generate(freeu_host, script_args=on, **fields)
+    without_freeu = generate(freeu_host, **fields)
+    for a, b, c in zip(pixels(out), pixels(unwatched), pixels(without_freeu)):
+        assert np.array_equal(a, b) and not np.array_equal(a, c)
+
+
+def test_score_and_mitigation_see_the_other_extensions_patch(model_dir):
+    """memguard's own passes (the empty-prompt reference with a negative prompt; the attention edit at later steps)
+    go through the patcher Forge samples with, whichever order the scripts run in: same scores, same mitigated
+    images with FreeU loaded before or after memguard."""
+    outcomes = []
+    for order in ("freeu first", "freeu last"):
+        h = boot_with_freeu(model_dir, order)
+        set_threshold(1e-6)
+        on = {guard_index(): "attention", h.freeu_arg: True}
+        out = generate(h, GUARD, on, batch_size=2, negative_prompt="blurry")
+        outcomes.append((scores(out), [r["mitigation"]["score_after"] for r in results(out)], pixels(out)))
+        fakeforge.uninstall()
+    (s1, a1, p1), (s2, a2, p2) = outcomes
+    assert s1 == pytest.approx(s2, rel=1e-5) and a1 == pytest.approx(a2, rel=1e-5)
+    for a, b in zip(p1, p2):
+        assert np.array_equal(a, b)
+
+
+def test_model_options_hold_nothing_unsafe_to_deep_copy(host):
+    """What memguard leaves in the patcher's model options survives ``copy.deepcopy`` and ``pickle`` and reaches
+    neither the processing object nor memguard's run (locks, models)."""
+    import copy
+    import pickle
+
+    from modules import scripts, shared
+
+    from memguard.hosts import forge
+
+    set_threshold(1e-6)
+    seen = {}
+    original = scripts.ScriptRunner.process_before_every_sampling
+
+    def spy(self, p, **kwargs):
+        original(self, p, **kwargs)
+        options = shared.sd_model.forge_objects.unet.model_options
+        memo: dict = {}
+        seen["copy"] = copy.deepcopy(options, memo)
+        seen["pickled"] = pickle.dumps(options)
+        seen["reached"] = {type(o).__name__ for o in (p, getattr(p, a1111.ATTR, None)) if id(o) in memo}
+        seen["hooks"] = options.get("sampler_post_cfg_function", [])
+
+    scripts.ScriptRunner.process_before_every_sampling = spy
+    try:
+        generate(host, GUARD, {guard_index(): "attention"})
+    finally:
+        scripts.ScriptRunner.process_before_every_sampling = original
+    assert seen["reached"] == set() and seen["pickled"]
+    assert [type(h) for h in seen["hooks"]] == [forge.Hook]

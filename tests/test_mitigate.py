@@ -447,3 +447,25 @@ def test_auto_keeps_the_optimized_embedding_and_adds_the_guidance_schedule(tiny)
     assert report.strategy == "embedding+guidance"
     assert report.score_after < report.score_before
     assert report.iterations > 0
+
+
+@pytest.mark.parametrize(("reachable", "expected"), [(True, "embedding+guidance"), (False, "embedding+attention+guidance")])
+def test_auto_adds_the_attention_edit_when_optimization_stays_above_the_threshold(reachable, expected):
+    """``d = ||cond|| = 1`` here: the optimization (lr 0.05) gets it below 0.8, never below 1e-3."""
+    from memguard.mitigate import Auto
+
+    case = Case(
+        eps_model=lambda x, c: c.flatten(1)[:, None, None, :],
+        x=torch.zeros(1, 1, 1, 1),
+        cond=torch.full((1, 77, 4), 1 / (76 * 4) ** 0.5).index_fill_(1, torch.tensor([0]), 0.0),
+        eps_empty=torch.zeros(1, 1, 1, 77 * 4),
+        keep=[list(range(77))],
+        bos=[0],
+        target=0.8 if reachable else 1e-3,
+        scores=[1.0],
+    )
+    out = Auto()(case)
+    (report,) = out.reports
+    assert report.strategy == expected
+    assert (out.attention is not None) == (not reachable)
+    assert any("attention edit added" in n for n in report.notes) == (not reachable)

@@ -41,13 +41,13 @@ from typing import Any
 
 import torch
 
-from .. import prompt_syntax
+from .. import __version__, prompt_syntax
 from ..algebra import BatchLayout, eps_from_x0
 from ..calibrate import CalibrationStore, CalibrationStoreError
 from ..detect import image_scores, judge, row_scores, wen_norm
 from ..explain import explain, significance
 from ..mitigate.attention import cross_attention_modules, rescaled_attention
-from ..mitigate.base import Case, Intervention
+from ..mitigate.base import Case, Intervention, still_above
 from ..tokens import CONTEXT, Token, Tokenized
 from . import settings
 
@@ -843,6 +843,14 @@ def infotext(run: Run):
 INFOTEXT_KEYS = ("Memguard score", "Memguard verdict", "Memguard mitigation")
 
 
+def verdict(result: dict) -> str:
+    """The image's verdict, one vocabulary for the infotext, the log, the audit log and the API: ``flagged``, ``ok``,
+    ``uncalibrated`` (scored, no threshold to judge by) or ``unscored``."""
+    if result["score"] is None:
+        return "unscored"
+    return "flagged" if result["flagged"] else ("uncalibrated" if result["threshold"] is None else "ok")
+
+
 def key_value(result: dict, key: str) -> str | None:
     if key == "Memguard score":
         if result["score"] is None:
@@ -850,15 +858,14 @@ def key_value(result: dict, key: str) -> str | None:
         tau = result["threshold"]
         return f"{result['score']:.4g}/{tau:.4g}" if tau is not None else f"{result['score']:.4g}"
     if key == "Memguard verdict":
-        if result["score"] is None:
-            return "unscored"
-        return "flagged" if result["flagged"] else ("uncalibrated" if result["threshold"] is None else "ok")
+        return verdict(result)
     if key == "Memguard mitigation":
         m = result.get("mitigation")
         if m is None:
             error = result.get("mitigation_error")
             return f"failed ({error.split(':')[0]})" if error else None
-        return f"{m['strategy']} {_fmt(m['score_before'])}->{_fmt(m['score_after'])}"
+        above = " still above threshold" if still_above(m, result["threshold"]) else ""
+        return f"{m['strategy']} {_fmt(m['score_before'])}->{_fmt(m['score_after'])}{above}"
     return None
 
 
@@ -881,7 +888,12 @@ def summary_lines(run: Run) -> list[str]:
             if words:
                 line += f"; driven by: {words}"
             m = result.get("mitigation")
-            if m is not None:
+            if m is not None and still_above(m, result["threshold"]):
+                line += (
+                    f"; mitigation ({m['strategy']}) did not bring it below the threshold: "
+                    f"{_fmt(m['score_before'])} -> {_fmt(m['score_after'])}; edit those words"
+                )
+            elif m is not None:
                 line += f"; mitigated ({m['strategy']}): {_fmt(m['score_before'])} -> {_fmt(m['score_after'])}"
             elif result.get("mitigation_error"):
                 line += f"; memguard could not mitigate it ({result['mitigation_error']}): generated unmitigated"
@@ -892,6 +904,12 @@ def summary_lines(run: Run) -> list[str]:
         lines.append(f"memguard: scores recorded but not judged: {run.threshold_source}")
     for error in run.errors:
         lines.append(f"memguard could not score this generation: {error}")
-    payload = {"results": list(run.results.values()), "errors": run.errors, "source": run.threshold_source}
-    lines.append("memguard-data:" + json.dumps(payload, ensure_ascii=True, separators=(",", ":")))
+    lines.append("memguard-data:" + json.dumps(payload(run), ensure_ascii=True, separators=(",", ":")))
     return lines
+
+
+def payload(run: Run) -> dict:
+    """The generation's results as data (the panel's data line; the API's ``info``): per image, in order, with its
+    verdict; the faults; where the threshold came from."""
+    results = [{**r, "verdict": verdict(r)} for r in sorted(run.results.values(), key=lambda r: r["index"])]
+    return {"version": __version__, "results": results, "errors": run.errors, "source": run.threshold_source}

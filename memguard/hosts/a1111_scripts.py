@@ -5,10 +5,14 @@ importing memguard never imports the host."""
 from __future__ import annotations
 
 import json
+import logging
 import time
 from typing import Any
 
-from . import a1111, settings
+from ..mitigate.base import still_above
+from . import a1111, request, settings
+
+log = logging.getLogger("memguard")
 
 GUARD_TITLE = "Memorization guard"
 
@@ -20,7 +24,6 @@ def _audit(run: a1111.Run, p: Any) -> None:
         return
     with open(path, "a", encoding="utf-8") as handle:
         for r in sorted(run.results.values(), key=lambda r: r["index"]):
-            verdict = "unscored" if r["score"] is None else ("flagged" if r["flagged"] else "ok")
             action = r["mitigation"]["strategy"] if r["mitigation"] else ("warn" if r["flagged"] else "none")
             row = {
                 "time": time.time(),
@@ -29,8 +32,11 @@ def _audit(run: a1111.Run, p: Any) -> None:
                 "seed": r["seed"],
                 "score": r["score"],
                 "threshold": r["threshold"],
-                "verdict": verdict,
+                "threshold_source": run.threshold_source,
+                "verdict": a1111.verdict(r),
                 "action": action,
+                "score_after": (r["mitigation"] or {}).get("score_after"),
+                "still_above": still_above(r["mitigation"], r["threshold"]),
             }
             handle.write(json.dumps(row, ensure_ascii=False) + "\n")
 
@@ -40,8 +46,16 @@ def _reason(err: BaseException) -> str:
 
 
 def _report(run: a1111.Run, p: Any, processed: Any) -> None:
-    """Write the generation's summary lines (and the data line the panel renders) to its log; audit if set."""
+    """Write the generation's summary lines (and the data line the panel renders) to its log, and its results to
+    the generation info (``Processed.js()``, the API's ``info``: ``extra_generation_params["memguard"]``, in a copy of
+    the dict, so that no infotext written later carries them; memguard's per-image infotext values, which JSON
+    would turn into nulls, left out there); audit if set."""
     processed.comments = (processed.comments or "") + "".join(f"{line}\n" for line in a1111.summary_lines(run))
+    params = getattr(processed, "extra_generation_params", None) or {}
+    processed.extra_generation_params = {
+        **{k: v for k, v in params.items() if k not in a1111.INFOTEXT_KEYS},
+        "memguard": a1111.payload(run),
+    }
     try:
         _audit(run, p)
     except OSError as err:
@@ -62,27 +76,35 @@ def make_scripts() -> tuple[type, type]:
             return False if is_img2img else scripts.AlwaysVisible
 
         def ui(self, is_img2img: bool) -> list:
-            return []
+            import gradio as gr
 
-        def process(self, p: Any, *args: Any) -> None:
+            return [gr.State(None)]  # the API's per-request options (``request.py``); the UI sends none
+
+        def process(self, p: Any, options: Any = None, *args: Any) -> None:
             try:
-                self._process(p)
+                self._process(p, request.parse(options))
+            except request.OptionsError as err:
+                log.warning("memguard: %s", err)
+                a1111.start_failed(p, "reading the request's options", err)
             except Exception as err:  # shielded: the generation goes on, memguard only says why it is not watching
                 a1111.log_failure("starting to watch")
                 a1111.start_failed(p, "starting to watch", err)
 
-        def _process(self, p: Any) -> None:
+        def _process(self, p: Any, options: dict) -> None:
             run = getattr(p, a1111.ATTR, None)
             if run is None:
-                if not settings.get("memguard_watch"):
+                if not options.get("watch", settings.get("memguard_watch")):
                     return
-                mitigate = settings.get("memguard_action") == "mitigate"
+                mitigate = options.get("action", settings.get("memguard_action")) == "mitigate"
                 run = a1111.start(
                     p,
                     "mitigate" if mitigate else "watch",
-                    strategy_name=settings.get("memguard_strategy"),
-                    explain=bool(settings.get("memguard_explain")),
+                    strategy_name=options.get("strategy", settings.get("memguard_strategy")),
+                    explain=bool(options.get("explain", settings.get("memguard_explain"))),
+                    force=mitigate and options.get("force", False),
                 )
+            if "threshold" in options:
+                run.threshold, run.threshold_source = options["threshold"], "manual threshold (request)"
             if settings.get("memguard_infotext"):
                 p.extra_generation_params.update(a1111.infotext(run))
 

@@ -63,6 +63,9 @@ class A1111Service:
     def threshold(self) -> float | None:
         return a1111.current_threshold()[0]
 
+    def threshold_source(self) -> str:
+        return a1111.current_threshold()[1]
+
     def _cond(self, texts: list[str]) -> Any:
         return self._model().get_learned_conditioning(texts)
 

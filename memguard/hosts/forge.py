@@ -47,8 +47,10 @@ and no ``model_function_wrapper``). Failures are recorded and shown; they never 
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
+import weakref
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -62,6 +64,8 @@ from . import a1111
 
 log = logging.getLogger("memguard")
 PASS_ATTR = "_memguard_forge_pass"
+_live: weakref.WeakValueDictionary[int, Pass] = weakref.WeakValueDictionary()
+_keys = itertools.count(1)
 
 
 def is_forge() -> bool:
@@ -103,7 +107,8 @@ def _install(run: a1111.Run, p: Any) -> None:
         raise RuntimeError("the loaded model has no forge_objects; this is not Forge's sampling path")
     run.reset_batch()
     state = Pass(run=run, p=p, unet=objects.unet.clone(), base=objects.unet)
-    state.unet.set_model_sampler_post_cfg_function(state.post_cfg)
+    _live[state.key] = state
+    state.unet.set_model_sampler_post_cfg_function(Hook(state.key, "post_cfg"))
     objects.unet = state.unet
     setattr(p, PASS_ATTR, state)
 
@@ -117,6 +122,31 @@ def release(p: Any) -> None:
     objects = getattr(p.sd_model, "forge_objects", None)
     if objects is not None and objects.unet is state.unet:
         objects.unet = state.base
+
+
+@dataclass(frozen=True)
+class Hook:
+    """What memguard leaves in Forge's model options: the key of a live :class:`Pass` and the name of its method.
+
+    Forge's ``UnetPatcher.clone()`` deep-copies the model options (``backend/patcher/unet.py``), and FreeU, SAG, PAG,
+    ControlNet and most other extensions clone the patcher memguard's clone has become; so the hook holds neither the
+    pass nor the run nor the processing object (locks, models), only a key. A copy that outlives its pass (its
+    generation ended) finds nothing and steps aside: the host's ``denoised`` or plain attention.
+    """
+
+    key: int
+    name: str
+
+    def __call__(self, *args: Any) -> Any:
+        state = _live.get(self.key)
+        if state is not None:
+            return getattr(state, self.name)(*args)
+        if self.name == "post_cfg":
+            return args[0]["denoised"]
+        from backend import attention
+
+        q, k, v, extra = args
+        return attention.attention_function(q, k, v, extra["n_heads"])
 
 
 def _clone(value: Any) -> Any:
@@ -142,8 +172,9 @@ def _d(cond: torch.Tensor, uncond: torch.Tensor, sigma: torch.Tensor) -> float:
 @dataclass
 class _Model:
     """What a1111's helpers call a denoiser: ``inner_model(x, sigma, cond=...)`` is Forge's x0 prediction
-    (``backend/modules/k_model.py: KModel.apply_model``) with the pass's transformer options, the rows marked as one
-    cond (``role`` 0) or uncond (1) chunk of the images ``images`` (so memguard's attention edit finds its rows)."""
+    (``backend/modules/k_model.py: KModel.apply_model``) with the transformer options of ``unet``, the patcher that
+    samples (other extensions' patches included), the rows marked as one cond (``role`` 0) or uncond (1) chunk of the
+    images ``images`` (so memguard's attention edit finds its rows)."""
 
     unet: Any
     images: list[int] = field(default_factory=list)
@@ -173,7 +204,8 @@ class _Model:
 @dataclass
 class Pass:
     """memguard on one sampling pass: the cloned patcher (``unet``), the one it replaced (``base``), the attention
-    edit with each edited image's kept key positions, and the ``attn2`` replace patches it chains to."""
+    edit with each edited image's kept key positions, and the ``attn2`` replace patches it chains to. Registered in
+    ``_live`` under ``key`` for as long as the processing object holds it (see :class:`Hook`)."""
 
     run: a1111.Run
     p: Any
@@ -182,9 +214,17 @@ class Pass:
     edit: AttentionEdit | None = None
     keep: dict[int, list[int]] = field(default_factory=dict)
     previous: dict | None = None
+    key: int = field(default_factory=lambda: next(_keys))
+
+    @property
+    def sampling(self) -> Any:
+        """The patcher Forge samples with (``sampling_function`` reads ``forge_objects.unet`` at every call): memguard's
+        clone, or the clone another extension made of it after memguard's ``install`` (FreeU, ControlNet, ...)."""
+        objects = getattr(self.p.sd_model, "forge_objects", None)
+        return getattr(objects, "unet", None) or self.unet
 
     def model(self, images: list[int] = (), role: int = 0) -> _Model:
-        return _Model(self.unet, list(images), role)
+        return _Model(self.sampling, list(images), role)
 
     # --- the post-CFG function -----------------------------------------------------------------------------------
     def post_cfg(self, args: dict) -> torch.Tensor:
@@ -350,14 +390,15 @@ class Pass:
         """``attn2`` replace patches for every block (``(name, number)`` and any 3-key patch already there)."""
         if self.previous is not None:
             return
-        options = self.unet.model_options.get("transformer_options", {})
+        patcher, hook = self.sampling, Hook(self.key, "attention")
+        options = patcher.model_options.get("transformer_options", {})
         self.previous = dict(options.get("patches_replace", {}).get("attn2", {}))
         for name in ("input", "middle", "output"):
             for number in range(16):
-                self.unet.set_model_attn2_replace(self.attention, name, number)
+                patcher.set_model_attn2_replace(hook, name, number)
         for key in self.previous:
             if len(key) == 3:
-                self.unet.set_model_attn2_replace(self.attention, *key)
+                patcher.set_model_attn2_replace(hook, *key)
 
     def attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, extra: dict) -> torch.Tensor:
         """Replace patch: the attention that was (previous patch or ``attention_function``), then the edited images'

@@ -2,16 +2,17 @@
 
 With gradients available (the command line, A1111), Wen et al.'s embedding optimization pushed below the threshold,
 then Jain et al.'s delayed guidance on the optimized conditioning; without gradients (Forge samples under
-``torch.inference_mode``), Ren et al.'s attention edit with delayed guidance. The knobs were chosen on the miniature
-model's trade-off curves (``bench/mitigation.py``; README, Results).
+``torch.inference_mode``), Ren et al.'s attention edit with delayed guidance. When the optimization stops with an
+image still above the threshold (its iteration budget spent), the attention edit is added as the next step. The
+knobs were chosen on the miniature model's trade-off curves (``bench/mitigation.py``; README, Results).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 
 from .attention import Attention
-from .base import Case, Intervention, merge
+from .base import Case, Intervention, merge, still_above
 from .embedding import Embedding
 from .guidance import Guidance
 
@@ -26,4 +27,8 @@ class Auto:
 
     def __call__(self, case: Case) -> Intervention:
         first = self.embedding(case) if self.gradients else self.attention(case)
+        if self.gradients and any(still_above(asdict(r), case.target) for r in first.reports):
+            first = merge(first, self.attention(replace(case, cond=first.cond)))
+            for report in first.reports:
+                report.notes.append(f"above the threshold {case.target:.3g} after optimizing: attention edit added")
         return merge(first, self.guidance(replace(case, cond=first.cond)))

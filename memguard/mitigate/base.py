@@ -9,9 +9,9 @@ intervention in force and carries on sampling; every other image of the batch is
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 
@@ -84,6 +84,13 @@ class Strategy(Protocol):
     name: str
 
     def __call__(self, case: Case) -> Intervention: ...
+
+
+def still_above(mitigation: Mapping[str, Any] | None, threshold: float | None) -> bool:
+    """Whether a mitigated image's re-scored first step (``score_after``) would still be flagged: ``> threshold``, the
+    rule of :func:`memguard.detect.judge`. False when there is no mitigation, no re-score or no threshold."""
+    after = (mitigation or {}).get("score_after")
+    return threshold is not None and isinstance(after, int | float) and after > threshold
 
 
 def merge(first: Intervention, second: Intervention) -> Intervention:

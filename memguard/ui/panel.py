@@ -17,6 +17,8 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from ..mitigate.base import still_above
+
 HEAT_LEVELS = 5
 ADVICE = "Edit the highlighted words, or rerun with the Memorization guard script."
 ADVICE_MITIGATED = (
@@ -158,8 +160,7 @@ def mitigation_block(mitigation: Mapping[str, Any] | None, threshold: float | No
     before, after = mitigation.get("score_before"), mitigation.get("score_after")
     outcome = ""
     if isinstance(after, int | float) and threshold is not None:
-        below = after <= threshold
-        outcome = " (now below the threshold)" if below else " (still above the threshold)"
+        outcome = " (still above the threshold)" if still_above(mitigation, threshold) else " (now below the threshold)"
     cost = mitigation.get("unet_equivalents", mitigation.get("unet_forwards"))
     parts = [
         f"<b>Mitigation</b>: {esc(mitigation.get('strategy', 'unknown'))}",
@@ -181,7 +182,7 @@ def _image_title(result: Mapping[str, Any]) -> str:
 def render_result(result: Mapping[str, Any], target: str | None = "txt2img_prompt") -> str:
     """One image's block of the warning panel."""
     status = status_of(result)
-    mitigated = bool(result.get("mitigation"))
+    mitigated = bool(result.get("mitigation")) and not still_above(result.get("mitigation"), result.get("threshold"))
     body = [
         f'<div class="memguard-result-head">{badge(status, mitigated)} <span class="memguard-image">'
         f"{esc(_image_title(result))}</span></div>",

@@ -15,13 +15,15 @@ source, no code is copied (Forge is AGPL).
 * ``modules/`` (overlay, searched before the A1111 double's ``modules``): ``sd_samplers_cfg_denoiser.py``;
 * :func:`install` applies Forge's remaining differences to the A1111 double, each citing ``modules/processing.py``:
   the model loader builds the Forge engine; every batch starts from ``forge_objects_original``
-  (``forge_model_reload``); every sampling pass (first and hires) starts from ``forge_objects_after_applying_lora``
-  before ``process_before_every_sampling``; ``p.init`` and the batch loop run under ``torch.inference_mode()`` (the
+  (``forge_model_reload``); the first sampling pass starts from ``forge_objects_after_applying_lora`` before
+  ``process_before_every_sampling``; the hires pass calls ``process_before_every_sampling`` on the first pass's
+  patcher, resets it, and calls it again; ``p.init`` and the batch loop run under ``torch.inference_mode()`` (the
   engine's ``ema_scope``, see ``backend/diffusion_engine/sd15.py``).
 
 Reused unchanged from the A1111 double: options, state, callbacks (``on_cfg_denoiser``, ``on_cfg_after_cfg``),
 prompt parsing and scheduling, the k-diffusion samplers and their sigma schedules, scripts and their hooks,
-processing, infotext, images, the txt2img API. Simplifications: k-diffusion samplers only, SD1 only, no ControlNet,
+processing, infotext, images, the txt2img API. ``forge_freeu.make_freeu`` is a FreeU-like built-in
+that clones the patcher. Simplifications: k-diffusion samplers only, SD1 only, no ControlNet,
 LoRA, areas or masks, no memory management.
 
 Use it like the A1111 double::
@@ -103,6 +105,31 @@ def _forge_differences() -> None:
 
         return sample
 
+    def hires_twice(method):
+        """processing.py, ``sample_hr_pass`` (~1505-1525 at dfdcbab): AlwaysVisible scripts'
+        ``process_before_every_sampling`` runs on the first pass's patcher, then ``forge_objects`` is reset from
+        ``forge_objects_after_applying_lora``, then ``process_before_every_sampling`` runs again."""
+
+        def sample_hr_pass(self, *args: Any, **kwargs: Any) -> Any:
+            runner = self.scripts
+            if runner is None:
+                self.sd_model.forge_objects = self.sd_model.forge_objects_after_applying_lora.shallow_copy()
+                return method(self, *args, **kwargs)
+            once = runner.process_before_every_sampling
+
+            def twice(p: Any, **kw: Any) -> None:
+                once(p, **kw)
+                p.sd_model.forge_objects = p.sd_model.forge_objects_after_applying_lora.shallow_copy()
+                once(p, **kw)
+
+            runner.process_before_every_sampling = twice
+            try:
+                return method(self, *args, **kwargs)
+            finally:
+                del runner.process_before_every_sampling
+
+        return sample_hr_pass
+
     txt2img = processing.StableDiffusionProcessingTxt2Img
     txt2img.sample = after_lora(txt2img.sample)
-    txt2img.sample_hr_pass = after_lora(txt2img.sample_hr_pass)
+    txt2img.sample_hr_pass = hires_twice(txt2img.sample_hr_pass)
