@@ -6,7 +6,7 @@ Everything lives in the ``memguard`` package (``memguard/hosts``); this file onl
 from modules import script_callbacks, shared
 
 from memguard.api import register_routes
-from memguard.hosts import a1111, forge, service_class, settings
+from memguard.hosts import a1111, forge, request, service_class, settings
 
 if forge.is_forge():  # Forge: its modules_forge package imports
     from memguard.hosts.forge_scripts import make_scripts
@@ -29,6 +29,7 @@ def _routes(_demo, app):
 
 
 script_callbacks.on_ui_settings(settings.register)
+script_callbacks.on_before_ui(request.add_xyz_axes)
 script_callbacks.on_ui_tabs(_tabs)
 script_callbacks.on_app_started(_routes)
 MemguardWatch, MemguardGuard = make_scripts()

@@ -296,7 +296,8 @@ def test_mitigation_that_stays_above_the_threshold_says_so(host):
     (result,) = data(out)["results"]
     after = result["mitigation"]["score_after"]
     assert after > 1e-6
-    assert f"Memguard mitigation: attention {result['score']:.4g}->{after:.4g} still above threshold" in out.infotexts[0]
+    expected = f"Memguard mitigation: attention {result['score']:.4g}->{after:.4g} still above threshold"
+    assert expected in out.infotexts[0]
     assert "mitigation (attention) did not bring it below the threshold" in out.comments
     html = render_result(result)
     assert "still above the threshold" in html and ", mitigated" not in html

@@ -449,7 +449,9 @@ def test_auto_keeps_the_optimized_embedding_and_adds_the_guidance_schedule(tiny)
     assert report.iterations > 0
 
 
-@pytest.mark.parametrize(("reachable", "expected"), [(True, "embedding+guidance"), (False, "embedding+attention+guidance")])
+@pytest.mark.parametrize(
+    ("reachable", "expected"), [(True, "embedding+guidance"), (False, "embedding+attention+guidance")]
+)
 def test_auto_adds_the_attention_edit_when_optimization_stays_above_the_threshold(reachable, expected):
     """``d = ||cond|| = 1`` here: the optimization (lr 0.05) gets it below 0.8, never below 1e-3."""
     from memguard.mitigate import Auto

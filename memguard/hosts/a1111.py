@@ -67,11 +67,25 @@ def _take(cond: Any, index: list[int]) -> Any:
     return cond[index]
 
 
+def _prefix(context: torch.Tensor) -> int:
+    """Rows an extension put before the 77-token chunks: ControlNet (``sd-webui-controlnet/scripts/hook.py``) marks
+    every cond and uncond with one row (+-1024) that its UNet hook strips again; 0 without it."""
+    return context.shape[-2] % CONTEXT
+
+
 def _crossattn(cond: Any) -> torch.Tensor:
-    return cond["crossattn"] if isinstance(cond, dict) else cond
+    """The cross-attention context of the prompt's chunks (``n x 77k x C``), any extension's prefix rows left out:
+    the positions memguard's tokens, explanation and strategies index, as the UNet's attention layers see them."""
+    context = cond["crossattn"] if isinstance(cond, dict) else cond
+    return context[..., _prefix(context) :, :]
 
 
 def _with_crossattn(cond: Any, tensor: torch.Tensor) -> Any:
+    """``cond`` with its prompt context replaced by ``tensor`` (its prefix rows, if any, put back in front)."""
+    context = cond["crossattn"] if isinstance(cond, dict) else cond
+    n = _prefix(context)
+    if n:
+        tensor = torch.cat([context[: tensor.shape[0], :n].to(tensor.dtype), tensor], dim=-2)
     return {**cond, "crossattn": tensor} if isinstance(cond, dict) else tensor
 
 
@@ -132,6 +146,7 @@ class Run:
     sigma: torch.Tensor | None = None
     reference: torch.Tensor | None = None
     errors: list[str] = field(default_factory=list)
+    owner: Any = None  # weak reference to the processing object the run was started on (copies share the run)
 
     def reset_batch(self) -> None:
         release_hooks()
@@ -203,7 +218,7 @@ def start(p: Any, mode: str, **kwargs: Any) -> Run:
     existing = getattr(p, ATTR, None)
     if existing is not None:
         return existing
-    run = Run(mode=mode, **kwargs)
+    run = Run(mode=mode, owner=_weak(p), **kwargs)
     run.threshold, run.threshold_source = current_threshold()
     setattr(p, ATTR, run)
     _finish_on_close(p)
@@ -214,7 +229,7 @@ def start_failed(p: Any, what: str, err: BaseException) -> Run:
     """Attach a run that only reports that memguard could not start (``what``), unless ``p`` already has one."""
     run = getattr(p, ATTR, None)
     if run is None:
-        run = Run(mode="report")
+        run = Run(mode="report", owner=_weak(p))
         setattr(p, ATTR, run)
         _finish_on_close(p)
     run.fail(what, err)
@@ -237,9 +252,20 @@ def _finish_on_close(p: Any) -> None:
         p.close = finish_and_close
 
 
+def _weak(p: Any) -> Any:
+    try:
+        return weakref.ref(p)
+    except TypeError:
+        return lambda: p
+
+
 def finish(p: Any) -> Run | None:
-    """Detach and release the run: hooks removed, per-generation state dropped."""
+    """Detach and release the run: hooks removed, per-generation state dropped. A copy of the processing object
+    (ADetailer calls every script's ``postprocess`` on ``copy(p)`` mid-generation) shares the run but does not own it:
+    finishing a copy does nothing."""
     run = getattr(p, ATTR, None)
+    if run is not None and run.owner is not None and run.owner() is not p:
+        return None
     current, denoiser = _current()
     if current is not None and (current is run or getattr(denoiser, "p", None) is p):
         _set_current(None, None)
@@ -515,9 +541,16 @@ def _record(run: Run, p: Any, denoiser: Any, detections: list, reference: torch.
 
 # --- token significance mapped to the typed prompt ----------------------------------------------------------------
 def _typed_prompt(p: Any, i: int) -> str:
+    """What image ``i``'s words are shown on: the prompt the user typed (``p.prompt``; styles add to it around it),
+    or, where an extension rewrote the batch's prompts (Dynamic Prompts, wildcards: ``p.prompt`` is then the
+    template), the prompt that was generated."""
     prompt = getattr(p, "prompt", "")
     if isinstance(prompt, list):
         prompt = prompt[min(i, len(prompt) - 1)] if prompt else ""
+    prompts = getattr(p, "prompts", None) or []
+    generated = prompts[i] if i < len(prompts) else None
+    if generated is not None and (prompt or "") not in generated:
+        return generated
     return prompt or ""
 
 

@@ -82,7 +82,7 @@ def make_scripts() -> tuple[type, type]:
 
         def process(self, p: Any, options: Any = None, *args: Any) -> None:
             try:
-                self._process(p, request.parse(options))
+                self._process(p, {**request.parse(options), **request.parse(getattr(p, request.XYZ_ATTR, None))})
             except request.OptionsError as err:
                 log.warning("memguard: %s", err)
                 a1111.start_failed(p, "reading the request's options", err)

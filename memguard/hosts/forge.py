@@ -116,7 +116,7 @@ def _install(run: a1111.Run, p: Any) -> None:
 def release(p: Any) -> None:
     """Put back the UNet patcher memguard replaced (Forge would reset it before its next pass anyway)."""
     state = getattr(p, PASS_ATTR, None)
-    if state is None:
+    if state is None or state.p is not p:  # nothing, or a copy of the processing object (ADetailer's postprocess)
         return
     delattr(p, PASS_ATTR)
     objects = getattr(p.sd_model, "forge_objects", None)

@@ -22,6 +22,9 @@ FIELDS: dict[str, tuple[Any, str]] = {
 }
 
 
+XYZ_ATTR = "memguard_xyz"  # the options an X/Y/Z plot axis set on a cell's processing object (:func:`add_xyz_axes`)
+
+
 class OptionsError(ValueError):
     """Options that cannot be used, with a message that says which and why."""
 
@@ -36,11 +39,44 @@ def parse(value: Any) -> dict[str, Any]:
         except ValueError as err:
             raise OptionsError(f"memguard's argument is not JSON: {err}") from None
     if not isinstance(value, dict):
-        raise OptionsError(f"memguard's argument must be an object such as {{\"action\": \"mitigate\"}}, not {value!r}")
+        raise OptionsError(f'memguard\'s argument must be an object such as {{"action": "mitigate"}}, not {value!r}')
     unknown = sorted(set(value) - set(FIELDS))
     if unknown:
         raise OptionsError(f"unknown memguard option {unknown[0]!r}; known: {', '.join(FIELDS)}")
     return {name: _check(name, v) for name, v in value.items()}
+
+
+def add_xyz_axes() -> None:
+    """``on_before_ui``: memguard's axes in the X/Y/Z plot script (``scripts/xyz_grid.py``), found among the loaded
+    scripts by its module's name as ControlNet and ADetailer find it; each sets an option on the cell's processing
+    object (``XYZ_ATTR``), which the watch reads like a request's. Nothing when the plot script is absent."""
+    from modules import scripts
+
+    xyz = next(
+        (d.module for d in scripts.scripts_data if d.script_class.__module__ == "xyz_grid.py" and d.module),
+        None,
+    )
+    if xyz is None or any(o.label.startswith("[memguard]") for o in xyz.axis_options):
+        return
+    axis = getattr(xyz, "AxisOptionTxt2Img", xyz.AxisOption)
+
+    def setting(**fields: Any):
+        def apply(p: Any, x: Any, xs: Any) -> None:
+            values = {k: f(x) for k, f in fields.items()}
+            setattr(p, XYZ_ATTR, {**getattr(p, XYZ_ATTR, {}), **{k: v for k, v in values.items() if v is not None}})
+
+        return apply
+
+    mitigation = setting(
+        action=lambda x: "warn" if x == "off" else "mitigate", strategy=lambda x: None if x == "off" else x
+    )
+    xyz.axis_options.extend(
+        [
+            axis("[memguard] Strategy", str, mitigation, choices=lambda: ["off", *STRATEGIES]),
+            axis("[memguard] Threshold", float, setting(threshold=float)),
+            axis("[memguard] Explain", str, setting(explain=lambda x: x == "True"), choices=xyz.boolean_choice()),
+        ]
+    )
 
 
 def _check(name: str, value: Any) -> Any:
