@@ -28,6 +28,21 @@ def wen_norm(delta: torch.Tensor) -> torch.Tensor:
     return delta.float().flatten(1).norm(dim=1)
 
 
+def size_factor(size: Sequence[int], native: Sequence[int]) -> float:
+    """``sqrt(h0 * w0 / (h * w))``: what turns ``d`` read on an ``h x w`` latent into the ``d`` of the model's native
+    ``h0 x w0`` latent. ``d`` sums squared differences over every latent position, so it grows like the square root
+    of the area when the per-position spread is the same (``bench/size_scaling.py`` measures it)."""
+    h, w = int(size[-2]), int(size[-1])
+    h0, w0 = int(native[-2]), int(native[-1])
+    return math.sqrt(h0 * w0 / (h * w))
+
+
+def size_normalized(d: float, size: Sequence[int], native: Sequence[int]) -> float:
+    """Wen's ``d`` on an ``h x w`` latent as it reads at the native size (see :func:`size_factor`): one threshold,
+    calibrated at the native size, for every image size and aspect ratio."""
+    return d * size_factor(size, native)
+
+
 def row_scores(eps: torch.Tensor, layout: BatchLayout, reference: torch.Tensor | None = None) -> torch.Tensor:
     """Wen's magnitude for every conditional row of a host CFG batch (see ``algebra.cond_deltas``)."""
     return wen_norm(cond_deltas(eps, layout, reference))

@@ -31,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import re
 import time
 import traceback
 import weakref
@@ -549,9 +550,14 @@ def _typed_prompt(p: Any, i: int) -> str:
         prompt = prompt[min(i, len(prompt) - 1)] if prompt else ""
     prompts = getattr(p, "prompts", None) or []
     generated = prompts[i] if i < len(prompts) else None
-    if generated is not None and (prompt or "") not in generated:
+    if generated is not None and EXTRA_NETWORK.sub("", prompt or "") not in generated:
         return generated
     return prompt or ""
+
+
+# an extra network's tag (``<lora:name:0.8>``), which the host takes out of the batch's prompts (A1111 1.10
+# ``modules/extra_networks.py: re_extra_net``)
+EXTRA_NETWORK = re.compile(r"<(\w+):([^>]+)>")
 
 
 def _step0_text(p: Any, text: str) -> str:
