@@ -45,7 +45,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from .detect import wen_norm
+from .detect import size_factor, wen_norm
 
 FORMAT = "memguard-training-threshold"
 
@@ -162,9 +162,12 @@ def magnitudes(
     model_pred: Tensor | None = None,
     cond_kwargs: Mapping | None = None,
     empty_kwargs: Mapping | None = None,
+    native: tuple[int, int] | None = None,
 ) -> Tensor:
     """``d`` per sample (float32, no grad): the conditional prediction (``model_pred`` if given, else one no-grad
-    pass) against a no-grad pass on the empty prompt's embedding (``(1, L, C)`` or ``(B, L, C)``).
+    pass) against a no-grad pass on the empty prompt's embedding (``(1, L, C)`` or ``(B, L, C)``). With ``native``
+    (the model's native latent ``(h0, w0)``), ``d`` at the native size (``detect.size_normalized``): one threshold
+    for every training resolution (aspect-ratio buckets).
 
     ``cond_kwargs`` / ``empty_kwargs`` are extra keyword arguments of the two UNet calls (SDXL's
     ``added_cond_kwargs``, with the empty prompt's pooled embedding for the empty pass). The UNet's mode
@@ -177,7 +180,8 @@ def magnitudes(
     empty = empty_embedding.to(device=text_embeddings.device, dtype=text_embeddings.dtype)
     empty = empty.expand(batch, *empty.shape[1:]) if empty.shape[0] == 1 else empty
     uncond = _output(unet(noisy_latents, timesteps, encoder_hidden_states=empty, **(empty_kwargs or {})))
-    return wen_norm(model_pred.detach().float() - uncond.float())
+    d = wen_norm(model_pred.detach().float() - uncond.float())
+    return d * size_factor(noisy_latents.shape, native) if native is not None else d
 
 
 def memorization_filter(
@@ -191,6 +195,7 @@ def memorization_filter(
     model_pred: Tensor | None = None,
     cond_kwargs: Mapping | None = None,
     empty_kwargs: Mapping | None = None,
+    native: tuple[int, int] | None = None,
 ) -> FilterResult:
     """Wen et al.'s training filter: keep the samples with ``d < threshold`` at their sampled timestep (see the
     module docstring for the loop). Adds no parameter gradient and works under ``torch.autocast``."""
@@ -203,6 +208,7 @@ def memorization_filter(
         model_pred=model_pred,
         cond_kwargs=cond_kwargs,
         empty_kwargs=empty_kwargs,
+        native=native,
     )
     rule = threshold if isinstance(threshold, TimestepThreshold) else TimestepThreshold.constant(threshold)
     limit = rule(timesteps.reshape(-1).expand(d.shape[0]).to(d.device))

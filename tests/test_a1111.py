@@ -54,8 +54,10 @@ def test_watch_scores_every_image_and_writes_infotext(host):
     assert "Memguard verdict: uncalibrated" in out.infotexts[0]
 
 
-def test_watch_score_equals_direct_recomputation(host):
-    """Score from the host's CFG batch == || eps(x_T, c) - eps(x_T, "") || computed with memguard's own model."""
+@pytest.mark.parametrize("scale", [(1, 1), (2, 2), (1, 2), (2, 1)], ids=["native", "2x", "tall", "wide"])
+def test_watch_score_equals_direct_recomputation(host, scale):
+    """``d`` from the host's CFG batch == || eps(x_T, c) - eps(x_T, "") || on the bare network; the judged score is
+    ``d`` at the model's native size (``d * sqrt(h0 w0 / (h w))``), at every size and aspect ratio."""
     from modules import script_callbacks, shared
 
     seen = {}
@@ -65,16 +67,37 @@ def test_watch_score_equals_direct_recomputation(host):
             seen["x"], seen["sigma"] = params.x.clone(), params.sigma.clone()
 
     script_callbacks.on_cfg_denoiser(grab)
-    out = generate(host, sampler_name="DDIM", steps=5)
-    model = shared.sd_model.memguard_model if hasattr(shared.sd_model, "memguard_model") else None
+    height, width = side() * scale[0], side() * scale[1]
+    out = generate(host, sampler_name="DDIM", steps=5, height=height, width=width)
     unet, t = shared.sd_model.model.diffusion_model, int(seen["sigma"][0])
     cond = shared.sd_model.get_learned_conditioning(["a red circle"])
     empty = shared.sd_model.get_learned_conditioning([""])
     with torch.no_grad():
         x = seen["x"][:1]
+        assert x.shape[-2:] == (height, width)
         d = (unet(x, t, encoder_hidden_states=cond).sample - unet(x, t, encoder_hidden_states=empty).sample).norm()
-    assert model is None or model
-    assert scores(out)[0] == pytest.approx(float(d), rel=1e-5)
+    (result,) = data(out)["results"]
+    assert result["d"] == pytest.approx(float(d), rel=1e-5)
+    assert result["score"] == pytest.approx(float(d) / (scale[0] * scale[1]) ** 0.5, rel=1e-5)
+
+
+def test_mitigation_off_the_native_size_works_in_raw_d(host, monkeypatch):
+    """At twice the native size the strategy gets the threshold as Wen's ``d`` of that latent (its target, like its
+    scores, is raw ``d``) and its report comes back in judged units."""
+    from memguard.hosts import a1111
+
+    cases = []
+    strategy = a1111._strategy
+    monkeypatch.setattr(a1111, "_strategy", lambda *a: (lambda case: cases.append(case) or strategy(*a)(case)))
+    set_threshold(1e-3)
+    out = generate(host, GUARD, {guard_index(): "attention"}, height=2 * side(), width=2 * side())
+    (result,) = data(out)["results"]
+    assert result["score"] == pytest.approx(result["d"] / 2, rel=1e-6)
+    (case,) = cases
+    assert case.target == pytest.approx(2e-3) and case.scores == pytest.approx([result["d"]], rel=1e-5)
+    mitigation = result["mitigation"]
+    assert mitigation["score_before"] == pytest.approx(result["score"], rel=1e-5)
+    assert 0 < mitigation["score_after"] != mitigation["score_before"]
 
 
 def test_negative_prompt_and_skip_early_cond_use_empty_reference(host):

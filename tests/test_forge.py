@@ -22,6 +22,7 @@ from webui_helpers import (
     results,
     scores,
     set_threshold,
+    side,
 )
 
 from memguard.hosts import a1111
@@ -94,8 +95,10 @@ def test_watch_scores_every_image_and_writes_infotext(host):
     assert_clean()
 
 
-def test_watch_score_equals_direct_recomputation(host):
-    """Score from Forge's post-CFG predictions == || eps(x_T, c) - eps(x_T, "") || from the bare network."""
+@pytest.mark.parametrize("scale", [(1, 1), (2, 1)], ids=["native", "tall"])
+def test_watch_score_equals_direct_recomputation(host, scale):
+    """``d`` from Forge's post-CFG predictions == || eps(x_T, c) - eps(x_T, "") || from the bare network; the judged
+    score is ``d`` at the native size."""
     from modules import script_callbacks, shared
 
     seen = {}
@@ -105,7 +108,7 @@ def test_watch_score_equals_direct_recomputation(host):
             seen["x"], seen["sigma"] = params.x.clone(), params.sigma.clone()
 
     script_callbacks.on_cfg_denoiser(grab)
-    out = generate(host, batch_size=2, steps=5)
+    out = generate(host, batch_size=2, steps=5, height=side() * scale[0], width=side() * scale[1])
     assert seen["x"].shape[0] == 2  # Forge hands on_cfg_denoiser one row per image
     unet = shared.sd_model.memguard_model.unet
     log_sigmas = (((1 - shared.sd_model.alphas_cumprod) / shared.sd_model.alphas_cumprod) ** 0.5).log()
@@ -116,7 +119,8 @@ def test_watch_score_equals_direct_recomputation(host):
     empty = shared.sd_model.get_learned_conditioning([""] * 2)
     with torch.no_grad():
         d = (unet(x, t, encoder_hidden_states=cond).sample - unet(x, t, encoder_hidden_states=empty).sample).flatten(1)
-    assert scores(out) == pytest.approx(d.norm(dim=1).tolist(), rel=1e-4)
+    assert [r["d"] for r in results(out)] == pytest.approx(d.norm(dim=1).tolist(), rel=1e-4)
+    assert scores(out) == pytest.approx((d.norm(dim=1) / (scale[0] * scale[1]) ** 0.5).tolist(), rel=1e-4)
 
 
 def test_negative_prompt_and_skip_early_cond_use_empty_reference(host):

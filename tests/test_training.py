@@ -172,3 +172,15 @@ def test_strikes_spare_a_single_crossing():
     assert flagged.update([1, 2], _result([True, True])).keep.tolist() == [False, True]
     with pytest.raises(ValueError, match="2 keys for a batch of 1"):
         flagged.update([1, 2], _result([True]))
+
+
+def test_native_size_normalizes_d_for_other_training_resolutions(step):
+    """With ``native``, ``d`` of a batch at another resolution reads as at the native one: ``d * sqrt(h0 w0 / hw)``."""
+    unet, _, cond, empty = step
+    torch.manual_seed(1)
+    x = torch.randn(len(PROMPTS), unet.config.in_channels, 2 * unet.config.sample_size, unet.config.sample_size)
+    plain = memorization_filter(unet, x, TIMESTEPS, cond, empty, 1.0)
+    side = unet.config.sample_size
+    native = memorization_filter(unet, x, TIMESTEPS, cond, empty, 1.0, native=(side, side))
+    assert torch.allclose(plain.d, by_hand(unet, x, cond, empty), rtol=1e-5)
+    assert torch.allclose(native.d, plain.d / 2**0.5, rtol=1e-6)

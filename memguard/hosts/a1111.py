@@ -45,7 +45,7 @@ import torch
 from .. import __version__, prompt_syntax
 from ..algebra import BatchLayout, eps_from_x0
 from ..calibrate import CalibrationStore, CalibrationStoreError
-from ..detect import image_scores, judge, row_scores, wen_norm
+from ..detect import image_scores, judge, row_scores, size_factor, wen_norm
 from ..explain import explain, significance
 from ..mitigate.attention import cross_attention_modules, rescaled_attention
 from ..mitigate.base import Case, Intervention, still_above
@@ -123,6 +123,15 @@ class Step0:
     layout: BatchLayout
     timesteps: bool
     uncond_skipped: bool
+    size_factor: float = 1.0  # detect.size_factor of this latent against the model's native one
+
+    def judged(self, d: float | None) -> float | None:
+        """Wen's ``d`` of this step's latent in the units scores are judged in (the native size's)."""
+        return None if d is None else d * self.size_factor
+
+    def raw(self, score: float) -> float:
+        """The inverse of :meth:`judged`: a score in judged units as Wen's ``d`` of this latent."""
+        return score / self.size_factor
 
     def to_eps(self, x: torch.Tensor, out: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         return out if self.timesteps else eps_from_x0(x, out, sigma)
@@ -433,7 +442,10 @@ def _uncond_skipped(p: Any, sigma: torch.Tensor) -> bool:
 
 
 def _record_step0(run: Run, p: Any, params: Any) -> None:
+    from modules import shared
+
     layout = _layout(params.denoiser)
+    native = native_latent(_unet(), shared.sd_model)
     run.step0 = Step0(
         x=params.x,
         sigma=params.sigma,
@@ -443,6 +455,7 @@ def _record_step0(run: Run, p: Any, params: Any) -> None:
         layout=layout,
         timesteps=_is_timesteps(params.denoiser),
         uncond_skipped=_uncond_skipped(p, params.sigma),
+        size_factor=size_factor(params.x.shape, native),
     )
 
 
@@ -488,7 +501,7 @@ def _reference(denoiser: Any, step0: Step0) -> torch.Tensor:
 
 def _score(run: Run, eps: torch.Tensor, reference: torch.Tensor | None, extra: bool) -> list:
     step0 = run.step0
-    rows = row_scores(eps, step0.layout, reference)
+    rows = row_scores(eps, step0.layout, reference) * step0.size_factor
     per_image = image_scores(rows, step0.layout)
     subs = [[float(rows[r]) for r, _ in image_rows] for image_rows in step0.layout.cond_rows]
     return judge(per_image, run.threshold, extra_pass=extra, sub_scores=subs)
@@ -524,11 +537,16 @@ def _record(run: Run, p: Any, denoiser: Any, detections: list, reference: torch.
         seeds = getattr(p, "seeds", None) or []
         prompts = getattr(p, "prompts", None) or []
         report = reports.get(i)
+        mitigation = report.to_dict() if report is not None else None
+        if mitigation is not None:
+            for key in ("score_before", "score_after"):
+                mitigation[key] = step0.judged(mitigation[key])
         run.results[offset + i] = {
             "index": offset + i,
             "seed": seeds[i] if i < len(seeds) else None,
             "prompt": _typed_prompt(p, i) if i < len(prompts) else "",
             "score": det.score,
+            "d": None if det.score is None else step0.raw(det.score),
             "threshold": det.threshold,
             "flagged": det.flagged,
             "extra_pass": det.extra_pass,
@@ -536,7 +554,7 @@ def _record(run: Run, p: Any, denoiser: Any, detections: list, reference: torch.
             "sub_scores": det.sub_scores,
             "words": words,
             "note": note,
-            "mitigation": report.to_dict() if report is not None else None,
+            "mitigation": mitigation,
         }
 
 
@@ -750,7 +768,7 @@ def _intervene(
         eps_empty=reference[[owner[r] for r in rows]],
         keep=[_keep_ids(p, owner[r], r, lay) for r in rows],
         bos=list(range(0, _crossattn(step0.text_cond).shape[1], CONTEXT)),
-        target=run.threshold if run.threshold is not None else float(min(d.score for d in detections)) / 2,
+        target=step0.raw(run.threshold if run.threshold is not None else min(d.score for d in detections) / 2),
         scores=[float(wen_norm(eps_c[[r]] - reference[[owner[r]]])[0]) for r in rows],
         interrupted=_interrupted,
         model=_unet(),
@@ -777,7 +795,7 @@ def _score_after(run: Run, p: Any, x_out: torch.Tensor) -> None:
     for i in range(lay.batch):
         mitigation = run.results.get(offset + i, {}).get("mitigation")
         if mitigation is not None:
-            mitigation["score_after"] = after[i]
+            mitigation["score_after"] = step0.judged(after[i])
 
 
 def _keep_ids(p: Any, image: int, row: int, lay: BatchLayout) -> list[int]:
@@ -845,6 +863,21 @@ def _apply_guidance(run: Run, denoiser: Any, params: Any) -> None:
         s = schedule.scale(denoiser.step, total, t, d_t, scale)
         denoised[i] = u + sum(w * s * (x_out[r] - u) for r, w in lay.cond_rows[i])
     params.x = denoised
+
+
+def native_latent(unet: torch.nn.Module, sd_model: Any) -> tuple[int, int, int]:
+    """The latent shape the loaded model was trained at (its ``x_T`` in the tab, the API and calibration; the size
+    scores are normalized to): 64x64 (512 px), 96x96 for a v-prediction SD2 (768 px), 128x128 for SDXL (1024 px),
+    or a test model's ``sample_size``."""
+    config = getattr(unet, "config", None)
+    if config is not None and hasattr(config, "sample_size"):  # a diffusers UNet (pixel-space test models)
+        return int(config.in_channels), int(config.sample_size), int(config.sample_size)
+    if getattr(sd_model, "is_sdxl", False):
+        side = 128
+    else:
+        side = 96 if getattr(sd_model, "parameterization", "eps") == "v" else 64
+    channels = getattr(unet, "in_channels", None) or getattr(config, "in_channels", None) or 4
+    return int(channels), side, side
 
 
 def _unet() -> torch.nn.Module:

@@ -36,16 +36,6 @@ from . import a1111
 T_FIRST = 999
 
 
-def _latent_shape(unet: torch.nn.Module, sd_model: Any) -> tuple[int, int, int]:
-    """``x_T``'s shape for the network ``unet``: 64x64 latents (128x128 for SDXL), or a test model's sample size."""
-    config = getattr(unet, "config", None)
-    if config is not None and hasattr(config, "sample_size"):  # a diffusers UNet (pixel-space test models)
-        return int(config.in_channels), int(config.sample_size), int(config.sample_size)
-    side = 128 if getattr(sd_model, "is_sdxl", False) else 64
-    channels = getattr(unet, "in_channels", None) or getattr(config, "in_channels", None) or 4
-    return int(channels), side, side
-
-
 @dataclass
 class A1111Service:
     """Scores, explanations and calibration for ``shared.sd_model`` (see the module docstring)."""
@@ -84,7 +74,7 @@ class A1111Service:
 
     def _noise(self, seeds: Sequence[int]) -> torch.Tensor:
         network = self._network()
-        shape = _latent_shape(network, self._model())
+        shape = a1111.native_latent(network, self._model())
         device = next(network.parameters()).device
         noise = [torch.randn((1, *shape), generator=torch.Generator("cpu").manual_seed(int(s))) for s in seeds]
         return torch.cat(noise).to(device)

@@ -57,7 +57,7 @@ from typing import Any
 import torch
 
 from ..algebra import BatchLayout, eps_from_x0
-from ..detect import wen_norm
+from ..detect import size_factor, wen_norm
 from ..mitigate.base import AttentionEdit, Case, Intervention
 from ..tokens import CONTEXT
 from . import a1111
@@ -288,6 +288,7 @@ class Pass:
         rows = layout.image_of_rows() + list(range(layout.batch))
         image_cond = extra.get("image_cond")
         image_cond = _clone(image_cond) if torch.is_tensor(image_cond) else x.new_zeros(x.shape[0], 5, 1, 1)
+        native = a1111.native_latent(self.unet.model.diffusion_model, self.p.sd_model)
         return a1111.Step0(
             x=x[rows],
             sigma=sigma[rows],
@@ -297,6 +298,7 @@ class Pass:
             layout=layout,
             timesteps=False,
             uncond_skipped=not bool(torch.any(uncond_x0)),
+            size_factor=size_factor(x.shape, native),
         )
 
     # --- mitigation ----------------------------------------------------------------------------------------------
@@ -315,7 +317,7 @@ class Pass:
             eps_empty=reference[[owner[r] for r in rows]],
             keep=[a1111._keep_ids(p, owner[r], r, lay) for r in rows],
             bos=list(range(0, crossattn.shape[1], CONTEXT)),
-            target=run.threshold if run.threshold is not None else float(min(scored)) / 2,
+            target=step0.raw(run.threshold if run.threshold is not None else min(scored) / 2),
             scores=[float(wen_norm(eps_c[[r]] - reference[[owner[r]]])[0]) for r in rows],
             interrupted=a1111._interrupted,
             model=self.unet.model.diffusion_model,

@@ -26,7 +26,8 @@ import torch
 
 from ..algebra import eps_from_x0
 from ..explain import OCCLUSION_ROWS
-from .a1111_service import T_FIRST, A1111Service, _latent_shape
+from . import a1111
+from .a1111_service import T_FIRST, A1111Service
 from .forge import _Model
 
 
@@ -52,7 +53,7 @@ class ForgeService(A1111Service):
         except ImportError:
             return
         patcher = self._patcher()
-        shape = _latent_shape(self._network(), self._model())
+        shape = a1111.native_latent(self._network(), self._model())
         required = patcher.memory_required([2 * OCCLUSION_ROWS, *shape]) if hasattr(patcher, "memory_required") else 0
         memory_management.load_models_gpu([patcher], memory_required=required)
 

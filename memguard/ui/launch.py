@@ -142,8 +142,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"memguard: no model: {err}", file=sys.stderr)
     install_page_assets(head_html(), style_html())
     demo = build_demo(factory)
+    # One job at a time: gradio 4's ``default_concurrency_limit``; gradio 3's ``concurrency_count`` (gradio 4 still
+    # takes that name, only to raise that it is deprecated, so the gradio 4 name is probed first).
     queue = demo.queue
-    queue(**({"concurrency_count": 1} if accepts(queue, "concurrency_count") else {"default_concurrency_limit": 1}))
+    one = {"default_concurrency_limit": 1} if accepts(queue, "default_concurrency_limit") else {"concurrency_count": 1}
+    queue(**one)
     print(f"memguard: calibration store {store}", file=sys.stderr)
     print(f"memguard: serving http://127.0.0.1:{args.port}/", file=sys.stderr, flush=True)
     demo.launch(server_name="127.0.0.1", server_port=args.port, share=False, show_api=False, quiet=True)
