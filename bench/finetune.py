@@ -216,6 +216,7 @@ def main() -> None:
         f"timestep range: {dropped_by_timestep(plain, images, contexts, duplicated, distinct, first)}"
     )
     rows.append(evaluate("fine-tuned", plain, f"{plain_time.seconds:.0f} s", "-"))
+
     def filtered_row(label: str, threshold: TimestepThreshold, memory: FlaggedSamples | None) -> list:
         log(f"fine-tuning with the {label}")
         with Timer() as clock:

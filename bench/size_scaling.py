@@ -81,7 +81,16 @@ def miniature() -> None:
             ]
         )
     table(
-        ["size", "median d general", "median d memorized", "AUC", "TPR@1%", "FPR plain d", "FPR normalized", "TPR normalized"],
+        [
+            "size",
+            "median d general",
+            "median d memorized",
+            "AUC",
+            "TPR@1%",
+            "FPR plain d",
+            "FPR normalized",
+            "TPR normalized",
+        ],
         rows,
         f"Miniature (native {native[0]}x{native[1]}): {len(memorized)} memorized vs {len(general)} held-out general "
         f"prompts, seed 0; threshold {tau:.3f} calibrated at the native size (1% FPR on {len(train)} training "
@@ -105,7 +114,10 @@ def sd15(sizes: list[int], seeds: int) -> None:
     for side in sizes:
         x = torch.randn((seeds, 4, side, side), generator=generator)
         t = torch.full((seeds,), 999)
-        d = wen_norm(model.unet(x, t, encoder_hidden_states=conds).sample - model.unet(x, t, encoder_hidden_states=empty.expand(seeds, -1, -1)).sample)
+        d = wen_norm(
+            model.unet(x, t, encoder_hidden_states=conds).sample
+            - model.unet(x, t, encoder_hidden_states=empty.expand(seeds, -1, -1)).sample
+        )
         median = statistics.median(d.tolist())
         areas.append(side * side)
         medians.append(median)

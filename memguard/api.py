@@ -214,12 +214,15 @@ def register_routes(app: Any, service_factory: Callable[[], Service], api_auth: 
                 raise BadRequest("'payload' must be the JSON text after 'memguard-data:'", 422)
             parsed = _json(payload, "'payload'", 422)
             results = parsed.get("results", []) if isinstance(parsed, dict) else None
+            notices = parsed.get("notices", []) if isinstance(parsed, dict) else None
             target = data.get("target") if data.get("target") in ("txt2img_prompt", "img2img_prompt") else None
             if not isinstance(results, list) or not all(isinstance(r, dict) for r in results):
                 raise BadRequest("'payload' must hold a list of results", 422)
+            if not isinstance(notices, list):
+                raise BadRequest("'notices' must be a list", 422)
             from .ui.panel import render_panel
 
-            return JSONResponse({"html": render_panel(results, target)})
+            return JSONResponse({"html": render_panel(results, target, notices)})
         except BadRequest as err:
             return JSONResponse({"error": f"cannot render the panel: {err}"}, err.status)
         except (AttributeError, KeyError, TypeError, ValueError) as err:  # results of the wrong shape

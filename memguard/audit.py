@@ -140,9 +140,7 @@ def _label(entries: list[Entry], labels: list[int]) -> tuple[list[int], list[int
 def group_images(entries: list[Entry], max_distance: int = 10) -> None:
     """Set ``image_group`` (None when unique) and ``image_group_size`` from near-duplicate hash pairs."""
     usable = [e for e in entries if e.error is None]
-    pairs = near_duplicate_pairs(
-        [int(e.dhash, 16) for e in usable], [int(e.phash, 16) for e in usable], max_distance
-    )
+    pairs = near_duplicate_pairs([int(e.dhash, 16) for e in usable], [int(e.phash, 16) for e in usable], max_distance)
     numbers, sizes = _label(usable, components(len(usable), pairs))
     for entry, number, size in zip(usable, numbers, sizes):
         entry.image_group, entry.image_group_size = number or None, size
@@ -269,6 +267,7 @@ def write_html(entries: list[Entry], summary: dict, path: Path, title: str) -> N
         + "</tr>"
         for e in entries
     )
+
     def shown(value) -> str:
         if isinstance(value, dict):
             return counts(value)

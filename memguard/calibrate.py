@@ -85,6 +85,12 @@ class Calibration:
     created: float = 0.0
     prompts: str = ""
     median: float | None = None
+    origin: str = "user"  # "automatic" (memguard, at first use), "user" (Calibrate, the command line), "shipped"
+
+    def describe(self) -> str:
+        """Where this threshold came from, in the words the panel, the infotext's log, the audit log and the API use."""
+        how = {"automatic": "automatically", "shipped": "by the model's author"}.get(self.origin, "by the user")
+        return f"calibrated {how} at FPR {self.fpr:g}"
 
     @classmethod
     def from_scores(cls, scores: Sequence[float], fpr: float, **meta) -> Calibration:

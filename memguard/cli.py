@@ -16,6 +16,7 @@ from pathlib import Path
 
 from .calibrate import Calibration, CalibrationStore, CalibrationStoreError
 from .miniature import MODEL_DIR
+from .service import benign_prompts
 
 STRATEGIES = ("none", "auto", "embedding", "attention", "guidance")
 
@@ -51,21 +52,54 @@ def read_prompts(path: Path) -> list[tuple[int, str]]:
 
 
 def resolve_threshold(args, model) -> tuple[float | None, str]:
-    """``--threshold``, else the calibration store's entry for this model, else the model's shipped calibration."""
+    """``--threshold``, else the calibration store's entry for this model, else the model's shipped calibration,
+    else a calibration made now on memguard's benign prompts and stored (unless ``--no-calibrate``)."""
     if args.threshold is not None:
         return args.threshold, "--threshold"
+    store = CalibrationStore(args.store)
     try:
-        stored = CalibrationStore(args.store).get(model.model_hash)
+        stored = store.get(model.model_hash)
     except CalibrationStoreError as err:
         print(f"memguard: {err}", file=sys.stderr)
         stored = None
     if stored is not None:
-        return stored.threshold, f"calibrated {model.model_hash} (FPR {stored.fpr:g})"
+        return stored.threshold, f"{model.model_hash} {stored.describe()}"
     shipped = model.shipped_threshold()
     if shipped is not None:
         return shipped, "shipped with the model"
-    print("memguard: this model is not calibrated; nothing will be flagged (run `memguard calibrate`)", file=sys.stderr)
-    return None, "none"
+    if args.no_calibrate:
+        print("memguard: this model is not calibrated and --no-calibrate is set: nothing is judged", file=sys.stderr)
+        return None, "none"
+    print(
+        f"memguard: model {model.model_hash} is not calibrated: calibrating it on memguard's benign prompts "
+        "(once; --no-calibrate skips this)",
+        file=sys.stderr,
+    )
+    calibration = calibrate_model(model, benign_prompts(), args, fpr=0.01, origin="automatic", name="memguard benign")
+    try:
+        store.put(model.model_hash, calibration)
+    except (CalibrationStoreError, OSError) as err:
+        print(f"memguard: the calibration is used for this run but not stored: {err}", file=sys.stderr)
+    print(f"memguard: threshold {calibration.threshold:.4g} at FPR 0.01 (stored in {args.store})", file=sys.stderr)
+    return calibration.threshold, f"{model.model_hash} {calibration.describe()}"
+
+
+def calibrate_model(model, prompts: list[str], args, fpr: float, origin: str, name: str) -> Calibration:
+    """The model's threshold at ``fpr`` from first-step scores of benign ``prompts`` (seed ``--seed``, batched)."""
+    from .pipeline import score_prompts
+
+    with _progress(len(prompts), "calibrate") as bar:
+        per_prompt = score_prompts(
+            model,
+            prompts,
+            [args.seed],
+            batch_size=args.batch_size,
+            progress=bar.update,
+            steps=args.steps,
+            guidance=args.guidance,
+        )
+    scores = [d.score for dets in per_prompt for d in dets if d.score is not None]
+    return Calibration.from_scores(scores, fpr, prompts=name, steps=1, origin=origin)
 
 
 def load_model(args):
@@ -171,26 +205,16 @@ def cmd_scan(args) -> int:
 
 
 def cmd_calibrate(args) -> int:
-    from .pipeline import score_prompts
-
     model = load_model(args)
-    items = read_prompts(args.prompts)
+    if args.prompts is not None:
+        prompts, name = [p for _, p in read_prompts(args.prompts)], Path(args.prompts).name
+    else:
+        prompts, name = benign_prompts(), "memguard benign"
     try:
         CalibrationStore(args.store).check_writable()  # before scoring: a long run's result must not be lost
     except CalibrationStoreError as err:
         raise SystemExit(f"memguard: could not store the calibration: {err}") from err
-    with _progress(len(items), "calibrate") as bar:
-        per_prompt = score_prompts(
-            model,
-            [p for _, p in items],
-            [args.seed],
-            batch_size=args.batch_size,
-            progress=bar.update,
-            steps=args.steps,
-            guidance=args.guidance,
-        )
-    scores = [d.score for dets in per_prompt for d in dets if d.score is not None]
-    calibration = Calibration.from_scores(scores, args.fpr, prompts=Path(args.prompts).name, steps=1)
+    calibration = calibrate_model(model, prompts, args, args.fpr, origin="user", name=name)
     if args.ship:
         from .pipeline import CALIBRATION_FILE
 
@@ -203,7 +227,7 @@ def cmd_calibrate(args) -> int:
         raise SystemExit(f"memguard: could not store the calibration: {err}") from err
     print(
         f"memguard: model {model.model_hash}: threshold {calibration.threshold:.4g} at FPR {args.fpr:g} "
-        f"from {len(scores)} benign prompts (median {calibration.median:.4g}); stored in {args.store}"
+        f"from {calibration.n_prompts} benign prompts (median {calibration.median:.4g}); stored in {args.store}"
     )
     return 0
 
@@ -391,6 +415,11 @@ def parser() -> argparse.ArgumentParser:
         p.add_argument("--threshold", type=float, help="flag scores above this (default: the model's calibration)")
         p.add_argument("--store", type=Path, default=default_store(), help="calibration file (default: %(default)s)")
         p.add_argument("--batch-size", type=int, default=16, help="images per UNet batch (default: 16)")
+        p.add_argument(
+            "--no-calibrate",
+            action="store_true",
+            help="do not calibrate an uncalibrated model first (then nothing is judged)",
+        )
 
     p = sub.add_parser("scan", help="score prompts; one JSON line per prompt")
     common(p)
@@ -418,7 +447,7 @@ def parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("calibrate", help="store this model's threshold at a false-positive rate on benign prompts")
     common(p)
-    p.add_argument("--prompts", type=Path, required=True, help="benign prompts (text or JSON lines)")
+    p.add_argument("--prompts", type=Path, help="benign prompts, text or JSON lines (default: memguard's 320)")
     p.add_argument("--fpr", type=float, default=0.01, help="false-positive rate (default: 0.01)")
     p.add_argument("--ship", action="store_true", help="also write it beside the model's weights, for its users")
     p.set_defaults(func=cmd_calibrate)

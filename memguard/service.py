@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -68,14 +68,19 @@ def result(prompt: str, scores: Sequence[float | None], threshold: float | None,
     }
 
 
-def calibrate_into(service: Service, store: CalibrationStore, prompts: Sequence[str], fpr: float, **meta) -> dict:
-    """Score ``prompts`` as benign with one seed, derive the threshold at ``fpr`` and store it under the service's
-    model id; the store is checked first, so that a long run's result is never lost to a file it cannot write.
-    ``{"threshold", "fpr", "n", "scores"}``."""
+def calibrate_into(
+    model_id: str, store: CalibrationStore, benign_scores: Callable[[], list[float] | None], fpr: float, **meta
+) -> dict | None:
+    """Score benign prompts (``benign_scores``: one first-step score each, or None when interrupted), derive the
+    threshold at ``fpr`` and store it under ``model_id``; the store is checked first, so that a long run's result is
+    never lost to a file it cannot write. ``{"threshold", "fpr", "n", "scores"}``, or None when interrupted."""
     store.check_writable()
-    scores = [r["score"] for r in service.audit(prompts, [0]) if r["score"] is not None]
+    scores = benign_scores()
+    if scores is None:
+        return None
+    scores = [s for s in scores if s is not None and math.isfinite(s)]
     calibration = Calibration.from_scores(scores, fpr, **meta)
-    store.put(service.model_id(), calibration)
+    store.put(model_id, calibration)
     return {"threshold": calibration.threshold, "fpr": fpr, "n": len(scores), "scores": scores}
 
 
@@ -98,7 +103,7 @@ class PipelineService:
     def threshold_source(self) -> str:
         stored = self.store.get(self.model.model_hash)
         if stored is not None:
-            return f"calibrated at FPR {stored.fpr:g}"
+            return stored.describe()
         if self.model.shipped_threshold() is not None:
             return "shipped with the model"
         return "this model is not calibrated yet"
@@ -118,4 +123,7 @@ class PipelineService:
         return [result(prompt, [d.score for d in dets], tau) for prompt, dets in zip(prompts, per_prompt)]
 
     def calibrate(self, prompts: Sequence[str], fpr: float) -> dict:
-        return calibrate_into(self, self.store, prompts, fpr)
+        def benign_scores() -> list[float]:
+            return [r["score"] for r in self.audit(prompts, [0])]
+
+        return calibrate_into(self.model_id(), self.store, benign_scores, fpr)

@@ -11,6 +11,31 @@ from tiny_model import build_tiny_model
 
 ROOT = Path(__file__).resolve().parents[1]
 
+# The tests that run only on memguard's own stack (.venv). Every other test is also marked ``host_stack`` and runs,
+# in `make test`, on the WebUI hosts' own Python stacks too (.venv-a1111, .venv-forge: requirements/*.txt) with
+# ``pytest -m host_stack``, because inside a WebUI memguard runs on the host's torch, transformers and gradio. Code
+# that never runs inside a WebUI (the command line, the diffusers pipeline's own features, training the miniature,
+# the data audit, the benchmarks) is listed here, by test file (a path under tests/) or by test node id. A new test
+# file is on the host stacks unless it is added here.
+OUR_STACK_ONLY = (
+    "test_pipeline.py",  # memguard.pipeline: the stand-alone diffusers pipeline
+    "test_training.py",  # training the bundled miniature
+    "test_audit.py",  # the `audit-data` command and its perceptual hashes
+    "test_cli.py",  # the command line
+    "test_faults.py::test_cli_calibrate_reports_the_store_and_keeps_it",  # the `calibrate` command
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Mark every test that is not in :data:`OUR_STACK_ONLY` with ``host_stack``."""
+    tests = Path(__file__).resolve().parent
+    for item in items:
+        path = Path(str(item.path)).resolve()
+        relative = path.relative_to(tests).as_posix() if path.is_relative_to(tests) else path.name
+        node = f"{relative}::{item.name.split('[')[0]}"
+        if relative not in OUR_STACK_ONLY and node not in OUR_STACK_ONLY:
+            item.add_marker(pytest.mark.host_stack)
+
 
 @pytest.fixture(scope="session")
 def tiny_dir(tmp_path_factory) -> Path:
@@ -56,3 +81,15 @@ def webui(_webui_boot):
     errors.clear()
     yield _webui_boot
     errors.clear()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_automatic_calibration():
+    """Tests meet checkpoints uncalibrated unless they calibrate or set a threshold: automatic calibration (on by
+    default for users) is off unless a test turns it on (``shared.opts.memguard_auto_calibrate = True``)."""
+    from memguard.hosts.settings import OPTIONS
+
+    default = OPTIONS["memguard_auto_calibrate"]
+    OPTIONS["memguard_auto_calibrate"] = (False, *default[1:])
+    yield
+    OPTIONS["memguard_auto_calibrate"] = default

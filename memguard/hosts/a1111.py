@@ -156,6 +156,7 @@ class Run:
     sigma: torch.Tensor | None = None
     reference: torch.Tensor | None = None
     errors: list[str] = field(default_factory=list)
+    notices: list[str] = field(default_factory=list)  # what memguard did once, said in the panel and the log
     owner: Any = None  # weak reference to the processing object the run was started on (copies share the run)
 
     def reset_batch(self) -> None:
@@ -332,7 +333,7 @@ def current_threshold() -> tuple[float | None, str]:
         return None, str(err)
     if entry is None:
         return None, "this checkpoint is not calibrated yet (Memorization tab, Calibrate)"
-    return entry.threshold, f"calibrated at FPR {entry.fpr:g}"
+    return entry.threshold, entry.describe()
 
 
 # --- callbacks -------------------------------------------------------------------------------------------------------
@@ -947,7 +948,7 @@ def _fmt(value: float | None) -> str:
 
 def summary_lines(run: Run) -> list[str]:
     """Readable lines for the generation's log (``p.comment``), plus one data line the panel script renders."""
-    lines = []
+    lines = [f"memguard: {n}" if not n.startswith("memguard") else n for n in run.notices]
     for result in sorted(run.results.values(), key=lambda r: r["index"]):
         if result["score"] is None:
             lines.append(f"memguard could not score image {result['index'] + 1}: {result['reason'] or 'unknown'}")
@@ -984,4 +985,10 @@ def payload(run: Run) -> dict:
     """The generation's results as data (the panel's data line; the API's ``info``): per image, in order, with its
     verdict; the faults; where the threshold came from."""
     results = [{**r, "verdict": verdict(r)} for r in sorted(run.results.values(), key=lambda r: r["index"])]
-    return {"version": __version__, "results": results, "errors": run.errors, "source": run.threshold_source}
+    return {
+        "version": __version__,
+        "results": results,
+        "errors": run.errors,
+        "source": run.threshold_source,
+        "notices": run.notices,
+    }

@@ -10,7 +10,7 @@ import time
 from typing import Any
 
 from ..mitigate.base import still_above
-from . import a1111, request, settings
+from . import a1111, autocalibrate, request, settings
 
 log = logging.getLogger("memguard")
 
@@ -105,6 +105,12 @@ def make_scripts() -> tuple[type, type]:
                 )
             if "threshold" in options:
                 run.threshold, run.threshold_source = options["threshold"], "manual threshold (request)"
+            if autocalibrate.needed(run):
+                try:
+                    autocalibrate.calibrate(run, p)
+                except Exception as err:  # shielded: the generation goes on, scored but not judged
+                    a1111.log_failure("calibrating automatically")
+                    run.notices.append(f"automatic calibration failed: {_reason(err)}")
             if settings.get("memguard_infotext"):
                 p.extra_generation_params.update(a1111.infotext(run))
 

@@ -19,8 +19,9 @@ backward pass (Forge's are inference tensors, see ``forge_service``), said in th
 from __future__ import annotations
 
 import contextlib
+import math
 import statistics
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,6 +35,7 @@ from ..service import calibrate_into, result
 from . import a1111
 
 T_FIRST = 999
+CALIBRATION_BATCH = 8  # sub-prompts per UNet call when calibrating
 
 
 @dataclass
@@ -102,6 +104,12 @@ class A1111Service:
             self._prepare()
             yield
 
+    @contextlib.contextmanager
+    def _prepared(self) -> Iterator[None]:
+        """The model made ready, the lock not taken (inside a generation, which holds it)."""
+        self._prepare()
+        yield
+
     def _prepare(self) -> None:
         """Nothing on A1111: its ``--medvram`` / ``--lowvram`` hooks move the weights as they are called."""
 
@@ -118,8 +126,56 @@ class A1111Service:
             out.append(result(prompt, max(per_part, key=statistics.fmean), tau))
         return out
 
-    def calibrate(self, prompts: Sequence[str], fpr: float) -> dict:
-        return calibrate_into(self, a1111.store(), prompts, fpr, sampler="k-diffusion first step (t=999)")
+    def calibrate(
+        self,
+        prompts: Sequence[str],
+        fpr: float,
+        *,
+        origin: str = "user",
+        locked: bool = True,
+        interrupted: Callable[[], bool] = lambda: False,
+        progress: Callable[[int, int], None] = lambda done, total: None,
+    ) -> dict | None:
+        """Calibrate the loaded checkpoint on ``prompts`` (:meth:`benign_scores`) and store its threshold at ``fpr``;
+        None when ``interrupted``. ``locked=False`` inside a generation, which holds the host's lock already."""
+
+        def scores() -> list[float] | None:
+            return self.benign_scores(prompts, locked=locked, interrupted=interrupted, progress=progress)
+
+        sampler = "k-diffusion first step (t=999)"
+        return calibrate_into(self.model_id(), a1111.store(), scores, fpr, sampler=sampler, origin=origin)
+
+    def benign_scores(
+        self,
+        prompts: Sequence[str],
+        *,
+        locked: bool = True,
+        interrupted: Callable[[], bool] = lambda: False,
+        progress: Callable[[int, int], None] = lambda done, total: None,
+    ) -> list[float] | None:
+        """Each prompt's first-step score (its AND parts': the highest) on one noise image (seed 0) against one
+        empty-prompt pass made once, :data:`CALIBRATION_BATCH` sub-prompts of one chunk count per UNet call; the
+        host's lock held per call (``locked``); None as soon as ``interrupted()``."""
+        use = self._model_in_use if locked else self._prepared
+        parts = [(i, text) for i, prompt in enumerate(prompts) for text in self._subprompts(prompt)]
+        chunker = a1111.text_model()
+        groups: dict[int, list[tuple[int, str]]] = {}
+        for i, text in parts:
+            groups.setdefault(len(chunker.process_texts([text])[0][0]), []).append((i, text))
+        batches = [g[k : k + CALIBRATION_BATCH] for g in groups.values() for k in range(0, len(g), CALIBRATION_BATCH)]
+        with use(), torch.no_grad():
+            x = self._noise([0])
+            eps_e = self._eps(x, a1111._empty_cond(1))
+        scores = [-math.inf] * len(prompts)
+        for done, batch in enumerate(batches, 1):
+            if interrupted():
+                return None
+            with use(), torch.no_grad():
+                d = wen_norm(self._eps(x.expand(len(batch), -1, -1, -1), self._cond([t for _, t in batch])) - eps_e)
+            for (i, _), value in zip(batch, d.tolist()):
+                scores[i] = max(scores[i], value)
+            progress(done, len(batches))
+        return scores
 
     def _analyze(self, prompt: str, seeds: Sequence[int]) -> dict:
         tau = self.threshold()

@@ -64,4 +64,3 @@ class ForgeService(A1111Service):
         wrapped = cond if isinstance(cond, dict) else {"c_crossattn": [cond]}
         x0 = _Model(patcher).inner_model(x_k, sigma, cond=wrapped)
         return eps_from_x0(x_k, x0, sigma)
-

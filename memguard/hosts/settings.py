@@ -16,7 +16,20 @@ OPTIONS: dict[str, tuple[Any, str, str, dict, str]] = {
         {},
         "no extra UNet pass with an empty negative prompt",
     ),
-    "memguard_fpr": (0.01, "False-positive rate used by Calibrate", "number", {"minimum": 0.0, "maximum": 0.5}, ""),
+    "memguard_auto_calibrate": (
+        True,
+        "Calibrate a checkpoint automatically the first time it generates",
+        "checkbox",
+        {},
+        "its first watched generation waits for 320 benign prompts at the first step; stored, done once",
+    ),
+    "memguard_fpr": (
+        0.01,
+        "False-positive rate used by Calibrate and automatic calibration",
+        "number",
+        {"minimum": 0.0, "maximum": 0.5},
+        "",
+    ),
     "memguard_threshold": (
         0.0,
         "Manual threshold (0 = use this checkpoint's calibration)",

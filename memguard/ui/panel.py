@@ -197,16 +197,18 @@ def render_result(result: Mapping[str, Any], target: str | None = "txt2img_promp
     return f'<div class="memguard-result memguard-{status}">{"".join(body)}</div>'
 
 
-def render_panel(results: list[dict], target: str | None = "txt2img_prompt") -> str:
-    """The warning panel shown under a generation: one block per image (empty string for no results).
+def render_panel(results: list[dict], target: str | None = "txt2img_prompt", notices: Sequence[str] = ()) -> str:
+    """The warning panel shown under a generation: what memguard did once (``notices``, e.g. an automatic
+    calibration), then one block per image (empty string for no results).
 
     ``target`` is the id of the prompt box that clicking a highlighted word edits (``txt2img_prompt`` or
     ``img2img_prompt``; ``None`` makes the words inert).
     """
     if not results:
         return ""
+    said = "".join(message(str(n), "info") for n in notices)
     blocks = "".join(render_result(r, target) for r in results)
-    return f'<div class="memguard-panel" role="status"><div class="memguard-title">memguard</div>{blocks}</div>'
+    return f'<div class="memguard-panel" role="status"><div class="memguard-title">memguard</div>{said}{blocks}</div>'
 
 
 def message(text: str, kind: str = "error") -> str:

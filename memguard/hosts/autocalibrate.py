@@ -1,0 +1,65 @@
+"""Calibration on first use: a watched or guarded generation that meets a checkpoint with no threshold calibrates it
+before its first step, so that it is judged, and every later one too (setting ``memguard_auto_calibrate``).
+
+It runs inside the generation (a script's ``process``, after the host loaded the model), which holds the WebUI's
+queue lock already, so memguard's calls take no lock of their own (``A1111Service.calibrate(locked=False)``). The
+cost is one UNet call per :data:`~memguard.hosts.a1111_service.CALIBRATION_BATCH` benign prompts at the model's
+native size, plus one empty-prompt pass (``bench/calibration_cost.py``). The WebUI's progress bar shows it, and
+Interrupt stops it (nothing is stored; the generation is then not judged). The first generation waits for it: a
+verdict on the image the user is looking at is the point of watching.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from ..service import benign_prompts
+from . import a1111, service_class, settings
+
+
+def needed(run: a1111.Run) -> bool:
+    """Whether ``run`` meets an uncalibrated checkpoint that memguard should calibrate now."""
+    return run.mode != "report" and run.threshold is None and bool(settings.get("memguard_auto_calibrate"))
+
+
+def calibrate(run: a1111.Run, p: Any) -> None:
+    """Calibrate the loaded checkpoint on memguard's benign prompts, store it, and judge ``run`` by it; say so once
+    (the run's notices: the panel, the log). A store that cannot be written is reported, never overwritten."""
+    fpr = float(settings.get("memguard_fpr") or 0.01)
+    prompts = benign_prompts()
+    started = time.perf_counter()
+    with _progress() as progress:
+        result = service_class()().calibrate(
+            prompts, fpr, origin="automatic", locked=False, interrupted=a1111._interrupted, progress=progress
+        )
+    if result is None:
+        run.notices.append("automatic calibration was interrupted: nothing stored; this generation is not judged")
+        return
+    run.threshold, run.threshold_source = a1111.current_threshold()
+    run.notices.append(
+        f"memguard calibrated this checkpoint automatically: threshold {result['threshold']:.4g} at FPR {fpr:g} "
+        f"from {result['n']} benign prompts in {time.perf_counter() - started:.1f} s (stored; once per checkpoint)"
+    )
+
+
+class _progress:
+    """The WebUI's progress bar and status text while calibrating (``shared.state``), restored afterwards."""
+
+    def __enter__(self):
+        from modules import shared
+
+        state = shared.state
+        self.saved = (state.textinfo, state.sampling_step, state.sampling_steps)
+        state.textinfo = "memguard: calibrating this checkpoint (once)"
+        return self
+
+    def __call__(self, done: int, total: int) -> None:
+        from modules import shared
+
+        shared.state.sampling_step, shared.state.sampling_steps = done, total
+
+    def __exit__(self, *exc: object) -> None:
+        from modules import shared
+
+        shared.state.textinfo, shared.state.sampling_step, shared.state.sampling_steps = self.saved
