@@ -164,10 +164,22 @@ def test_hires_pass_is_not_scored_again(host):
 
 
 def test_two_chunk_prompt_and_batches(host):
-    long = ", ".join(f"word{i}" for i in range(60))
+    """A prompt of two 75-token chunks (154 conditioning rows), two batches of two: every image is scored and its
+    words come from both chunks, each at its span in the prompt."""
+    from modules import script_callbacks
+
+    long = ", ".join(f"word{i}" for i in range(30))  # 109 tokens
+    rows = []
+    script_callbacks.on_cfg_denoiser(lambda params: rows.append(params.text_cond.shape[1]))
+    set_threshold(1e-6)
     out = generate(host, prompt=long, n_iter=2, batch_size=2)
-    assert sorted(r["index"] for r in data(out)["results"]) == [0, 1, 2, 3]
-    assert all(r["prompt"] == long for r in data(out)["results"])
+    assert set(rows) == {154}
+    results = sorted(data(out)["results"], key=lambda r: r["index"])
+    assert [r["index"] for r in results] == [0, 1, 2, 3] and all(r["prompt"] == long for r in results)
+    for r in results:
+        words = {w["text"]: w for w in r["words"]}
+        assert {"word0", "word29"} <= set(words)  # the first chunk's first word, the second chunk's last
+        assert all(long[w["start"] : w["end"]] == w["text"] for w in r["words"])
 
 
 def test_failure_inside_memguard_leaves_generation_alone(host, monkeypatch):
@@ -195,14 +207,18 @@ def test_api_dict_args_and_infotext_roundtrip(host):
 
 
 def test_no_state_or_callbacks_accumulate(host):
+    """After each generation the processing object holds no run and the host's callbacks are those at boot."""
     from modules import script_callbacks
+    from webui_helpers import processing
 
-    before = script_callbacks.count_callbacks() if hasattr(script_callbacks, "count_callbacks") else None
+    from memguard.hosts import a1111
+
+    before = script_callbacks.count_callbacks()
     for _ in range(5):
-        out = generate(host)
-    assert not hasattr(out, "_memguard_run")
-    if before is not None:
-        assert script_callbacks.count_callbacks() == before
+        p = processing(host)
+        host.run_txt2img(p)
+        assert not hasattr(p, a1111.ATTR) and "close" not in vars(p)
+    assert script_callbacks.count_callbacks() == before
 
 
 def test_tab_service_scores_explains_and_calibrates_the_loaded_checkpoint(host):

@@ -89,7 +89,8 @@ def test_calibration_round_trip(service):
     r = c.post(f"{PREFIX}/calibration", json={"fpr": 0.1, "prompts": [f"a shape number {i}" for i in range(12)]})
     assert r.status_code == 200 and r.json()["n"] == 12
     after = c.get(f"{PREFIX}/calibration").json()
-    assert after["threshold"] == pytest.approx(r.json()["threshold"]) and after["source"] == "calibrated by the user at FPR 0.1"
+    assert after["threshold"] == pytest.approx(r.json()["threshold"])
+    assert after["source"] == "calibrated by the user at FPR 0.1"
     assert c.post(f"{PREFIX}/calibration", json={"fpr": 2}).status_code == 422
 
 

@@ -79,7 +79,8 @@ def test_interrupt_stores_nothing_and_leaves_the_generation_unjudged(host, monke
     out = generate(host)
     payload = data(out)
     assert payload["results"][0]["verdict"] == "uncalibrated"
-    assert payload["notices"] == ["automatic calibration was interrupted: nothing stored; this generation is not judged"]
+    interrupted = "automatic calibration was interrupted: nothing stored; this generation is not judged"
+    assert payload["notices"] == [interrupted]
     assert a1111.store().get(a1111.model_key()) is None
     assert shared.state.textinfo is None  # the status text put back
 

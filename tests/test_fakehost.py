@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import textwrap
-import time
 from pathlib import Path
 
 import fakehost
@@ -846,16 +845,13 @@ def test_unknown_host_sampler_is_refused(fresh, model_dir):
         host.run_txt2img(make_p(host, sampler_name="DPM++ SDE"))
 
 
-def test_txt2img_batch_of_four_is_fast(fresh, model_dir):
+def test_txt2img_batch_of_four_runs_one_cfg_batch_per_step(fresh, model_dir):
     host = boot(model_dir)
     rec = Recorder()
-    started = time.perf_counter()
     processed = host.run_txt2img(make_p(host, batch_size=4, steps=6, sampler_name="DPM++ 2M", negative_prompt="blurry"))
-    elapsed = time.perf_counter() - started
     assert len(rec.before) == 6 and rec.before[0]["x"].shape[0] == 8
     assert len(processed.images) == 5 and len(processed.infotexts) == 5
     assert processed.images[1].info["parameters"] == processed.infotexts[1]
-    assert elapsed < 20
 
 
 def test_image_save_callbacks_and_elem_id(fresh, model_dir):
