@@ -44,6 +44,30 @@ def _weights_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.glob("*") if p.suffix in (".safetensors", ".bin"))
 
 
+def _text_encoder(folder: Path, dtype: torch.dtype) -> torch.nn.Module:
+    """``CLIPTextModel`` from ``folder`` under transformers 4 (the WebUIs) and 5 alike: 5.x writes the weights without
+    the ``text_model.`` prefix that 4.x expects (4.x would leave them random with only a warning), and the dtype
+    keyword differs (``torch_dtype`` on 4.x, ``dtype`` on 5.x), so the model is cast after loading."""
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    files = [f for f in _weights_files(folder) if f.suffix == ".safetensors"]
+    if not files:
+        return CLIPTextModel.from_pretrained(folder, local_files_only=True).to(dtype)
+    from safetensors.torch import load_file
+
+    model = CLIPTextModel(CLIPTextConfig.from_pretrained(folder, local_files_only=True))
+    state = {k: v for f in files for k, v in load_file(str(f)).items()}
+    if not state.keys() & model.state_dict().keys():  # written by the other major version of transformers
+        prefix = "text_model."
+        state = {(k[len(prefix) :] if k.startswith(prefix) else prefix + k): v for k, v in state.items()}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not k.endswith("position_ids")]
+    unexpected = [k for k in unexpected if not k.endswith("position_ids")]
+    if missing or unexpected:
+        raise ValueError(f"{folder}: weights that do not fit CLIPTextModel (missing {missing[:3]}, {unexpected[:3]})")
+    return model.to(dtype)
+
+
 @dataclass
 class Model:
     """The parts of a text-to-image model memguard needs, loaded from a local diffusers directory."""
@@ -62,7 +86,6 @@ class Model:
     @classmethod
     def load(cls, path: Path | str, device: str = "cpu", dtype: torch.dtype = torch.float32) -> Model:
         from diffusers import AutoencoderKL, UNet2DConditionModel
-        from transformers import CLIPTextModel
 
         path = Path(path)
         if not path.is_dir():
@@ -78,7 +101,7 @@ class Model:
             unet = UNet2DConditionModel.from_pretrained(
                 path / "unet", torch_dtype=dtype, local_files_only=True, low_cpu_mem_usage=False
             )
-            text_encoder = CLIPTextModel.from_pretrained(path / "text_encoder", dtype=dtype, local_files_only=True)
+            text_encoder = _text_encoder(path / "text_encoder", dtype)
             tokenizer = load_tokenizer(path / "tokenizer")
             vae = None
             if (path / "vae").is_dir():

@@ -60,7 +60,7 @@ def test_out_of_memory_in_optimization_generates_unmitigated_warns_and_frees(web
             calls.append(1)
             made.append(weakref.ref(crossattn))  # the optimized embedding's rows for this iteration
             if len(calls) == 2:
-                raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (injected)")
+                raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (injected)")
             out = eps(x, crossattn)
             made.append(weakref.ref(out))
             return out

@@ -308,7 +308,7 @@ def test_failed_mitigation_keeps_the_verdict_and_says_so(host, monkeypatch):
     plain, flagged = flag_one(host, n_iter=2, batch_size=2)
 
     def boom(*a, **k):
-        raise torch.OutOfMemoryError("injected")
+        raise torch.cuda.OutOfMemoryError("injected")
 
     monkeypatch.setattr(forge.Pass, "_mitigate", boom)
     out = generate(host, GUARD, {guard_index(): "attention"}, batch_size=2, n_iter=2, seed=11)

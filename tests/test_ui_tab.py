@@ -24,14 +24,28 @@ from memguard.ui.tab import build_tab
 pytestmark = pytest.mark.filterwarnings(r"ignore:\s*on_event is deprecated:DeprecationWarning")
 
 
+def _listeners(blocks: gr.Blocks):
+    """``(config, python function or None)`` of every event listener: gradio 3 keeps the configs in
+    ``blocks.dependencies`` beside the list ``blocks.fns``; gradio 4 keeps one ``BlockFunction`` per listener in the
+    dict ``blocks.fns``, whose ``get_config()`` is the config."""
+    if hasattr(blocks, "dependencies"):
+        return [(dep, fn.fn) for dep, fn in zip(blocks.dependencies, blocks.fns)]
+    return [(fn.get_config(), fn.fn) for fn in blocks.fns.values()]
+
+
+def _targets(dep: dict):
+    """``(block id, event name)`` of each trigger: gradio 4 lists pairs, gradio 3 block ids beside one ``trigger``."""
+    for target in dep["targets"]:
+        yield tuple(target) if isinstance(target, list | tuple) else (target, dep.get("trigger"))
+
+
 def _handler(blocks: gr.Blocks, elem_id: str, event: str = "click"):
-    """The dependency attached to the component with ``elem_id``: ``(config, python function or None)``."""
-    for dep, fn in zip(blocks.dependencies, blocks.fns):
-        for target in dep["targets"]:
-            block_id = target[0] if isinstance(target, list | tuple) else target
-            if blocks.blocks[block_id].elem_id == elem_id:
-                return dep, fn.fn
-    raise AssertionError(f"nothing listens to {elem_id}")
+    """The listener of ``event`` on the component with ``elem_id``: ``(config, python function or None)``."""
+    for dep, fn in _listeners(blocks):
+        for block_id, trigger in _targets(dep):
+            if blocks.blocks[block_id].elem_id == elem_id and trigger == event:
+                return dep, fn
+    raise AssertionError(f"nothing listens to {event} on {elem_id}")
 
 
 def _elem_ids(blocks: gr.Blocks) -> set[str]:

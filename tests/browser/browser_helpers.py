@@ -27,7 +27,17 @@ CHROMIUM_ARGS = [
     "--no-first-run",
 ]
 START_TIMEOUT_S = 180
+# `make test` names the WebUI host whose Python stack runs the tests (.venv-a1111, .venv-forge); unset on our own.
+HOST_STACK = os.environ.get("MEMGUARD_HOST_STACK", "")
 RUN_TIMEOUT_MS = 300_000
+
+
+def screenshot_path(name: str) -> Path:
+    """Where a test saves the picture ``name``: ``docs/`` (the README shows it) on our own stack, ``out/<host>/``
+    on a host's stack, so that `make test` leaves the pictures of our stack in docs/."""
+    folder = REPO / "out" / HOST_STACK if HOST_STACK else REPO / "docs"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder / name
 
 
 def sync_playwright_api():
@@ -87,6 +97,8 @@ class Session:
         self.dialogs: list[str] = []
         self.errors: list[str] = []
         self.offsite: list[str] = []
+        self.console: list[str] = []  # shown with a failing test's report (see conftest.py)
+        self.page.on("console", lambda msg: self.console.append(f"{msg.type}: {msg.text}"))
         self.page.on("dialog", self._on_dialog)
         self.page.on("pageerror", lambda err: self.errors.append(str(err)))
         self.page.on("request", self._on_request)
@@ -110,6 +122,13 @@ class Session:
         self.page.fill("#memguard_seeds input", str(seeds))
         self.page.click("#memguard_analyze")
         self.page.wait_for_selector("#memguard_analysis .memguard-prompt", timeout=RUN_TIMEOUT_MS)
+
+    def upload(self, elem_id: str, path: Path) -> None:
+        """Put ``path`` into the ``gr.File`` with ``elem_id`` and wait until the component shows its name (gradio 3
+        writes it as one text, gradio 4 splits stem and extension into two spans with a space between)."""
+        self.page.set_input_files(f"#{elem_id} input[type=file]", str(path))
+        shown = "([id, name]) => (document.getElementById(id)?.textContent || '').replace(/\\s+/g, '').includes(name)"
+        self.page.wait_for_function(shown, arg=[elem_id, path.name], timeout=30_000)
 
     def subtab(self, name: str) -> None:
         self.page.locator("#memguard_tabs .tab-nav button", has_text=name).click()

@@ -4,11 +4,29 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from browser_helpers import CHROMIUM, CHROMIUM_ARGS, Session, free_port, serve, sync_playwright_api
 
 from memguard.miniature import MODEL_DIR
+
+LAUNCHER_LOG: list[Path] = []  # the session's launcher log, once it runs
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """A failing browser test's report ends with the launcher's log and the page's console: a job that never
+    answers (a timeout in the browser) says why only there."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.when != "call" or not report.failed:
+        return
+    if LAUNCHER_LOG and LAUNCHER_LOG[0].is_file():
+        report.sections.append(("launcher log (tail)", LAUNCHER_LOG[0].read_text(errors="replace")[-6000:]))
+    session = item.funcargs.get("session")
+    if isinstance(session, Session) and session.console:
+        report.sections.append(("page console (tail)", "\n".join(session.console[-60:])))
 
 
 @pytest.fixture(scope="module")
@@ -25,6 +43,7 @@ def server(request, tmp_path_factory) -> Iterator[str]:
     port = free_port()
     command = [sys.executable, "-m", "memguard.ui", "--model", str(model), "--port", str(port)]
     command += ["--store", str(folder / "calibration.json")]
+    LAUNCHER_LOG[:] = [folder / "launcher.log"]
     with serve(command, folder / "launcher.log", port) as url:
         yield url
 

@@ -55,8 +55,7 @@ def test_batch_audit_shows_payloads_as_text(session, tmp_path):
     prompts = tmp_path / "payloads.txt"
     prompts.write_text("\n".join(PAYLOADS) + "\n", encoding="utf-8")
     session.subtab("Batch audit")
-    page.set_input_files("#memguard_audit_file input[type=file]", str(prompts))
-    page.wait_for_selector("#memguard_audit_file >> text=payloads.txt")
+    session.upload("memguard_audit_file", prompts)
     page.click("#memguard_audit")
     page.wait_for_selector("#memguard_audit_summary .memguard-hist", timeout=RUN_TIMEOUT_MS)
     table = page.locator("#memguard_audit_table").text_content()

@@ -1,7 +1,7 @@
 """The warning panel under a generation in a real browser: Debian's Chromium driven by Playwright against a
 WebUI-like page (``webui_page.py``: the A1111 double generating with memguard loaded, its comments shown in
 ``#html_log_txt2img`` as the host shows them, memguard.js loaded as the host loads extension scripts). Writes
-``docs/panel.png``."""
+``docs/panel.png`` (``out/<host>/`` on a WebUI host's stack: ``browser_helpers.screenshot_path``)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from browser_helpers import REPO, free_port, serve, sync_playwright_api
+from browser_helpers import free_port, screenshot_path, serve, sync_playwright_api
 
 pytestmark = pytest.mark.browser
 PAGE = Path(__file__).with_name("webui_page.py")
@@ -61,7 +61,7 @@ def test_panel_renders_the_generation_log_and_edits_the_prompt(page):
     shown = page.locator(f"{LOG} .memguard-prompt").first
     assert shown.text_content() == prompt  # the attack is text: no <img>, no alert
     assert page.locator(f"{LOG} .memguard-panel img").count() == 0
-    page.locator(LOG).first.screenshot(path=str(REPO / "docs" / "panel.png"))
+    page.locator(LOG).first.screenshot(path=str(screenshot_path("panel.png")))
 
     word = page.locator(f"{LOG} .memguard-word", has_text="sofa").first
     word.click()

@@ -2,13 +2,13 @@
 
 Skipped, with the reason, when Playwright or ``/usr/bin/chromium`` is missing (CI installs both; see
 ``browser_helpers``). The model is the bundled miniature when it exists, else the tiny random one. Writes
-``docs/tab.png``.
+``docs/tab.png`` (``out/<host>/`` on a WebUI host's stack: ``browser_helpers.screenshot_path``).
 """
 
 from __future__ import annotations
 
 import pytest
-from browser_helpers import REPO, RUN_TIMEOUT_MS
+from browser_helpers import RUN_TIMEOUT_MS, screenshot_path
 
 from memguard.miniature import MODEL_DIR
 
@@ -51,7 +51,7 @@ def test_calibrate_analyze_edit_words_and_send_to_txt2img(session):
     assert prompt[start : start + len(text)] == text
     word.click()
     page.wait_for_selector(".memguard-menu")
-    page.screenshot(path=str(REPO / "docs" / "tab.png"), full_page=True)
+    page.screenshot(path=str(screenshot_path("tab.png")), full_page=True)
     page.locator(".memguard-menu-item", has_text="Remove").click()
     edited = session.prompt()
     assert edited != prompt and edited.count(text) == prompt.count(text) - 1
@@ -85,8 +85,7 @@ def test_injected_prompt_is_shown_as_text_and_runs_nothing(session, tmp_path):
     prompts = tmp_path / "prompts.txt"
     prompts.write_text(f'a cat\n{ATTACK}\n"><script>alert(1)</script>\n', encoding="utf-8")
     session.subtab("Batch audit")
-    page.set_input_files("#memguard_audit_file input[type=file]", str(prompts))
-    page.wait_for_selector("#memguard_audit_file >> text=prompts.txt")
+    session.upload("memguard_audit_file", prompts)
     page.click("#memguard_audit")
     page.wait_for_selector("#memguard_audit_summary .memguard-hist", timeout=RUN_TIMEOUT_MS)
     assert "Audited 3 prompts" in page.text_content("#memguard_audit_summary")
