@@ -105,3 +105,19 @@ def test_unwritable_store_is_reported_kept_and_the_image_generated(host):
     (notice,) = payload["notices"]
     assert notice.startswith("automatic calibration failed: CalibrationStoreError")
     assert path.read_text(encoding="utf-8") == "not json"
+
+
+def test_each_checkpoint_and_adapter_set_gets_its_own_calibration(host):
+    """A LoRA moves the benign scores (``bench/adapter_shift.py``): a batch with extra networks is judged by the
+    calibration of the checkpoint with those networks at those weights, made the first time the set is seen."""
+    base = data(generate(host))
+    with_lora = data(generate(host, prompt="a red circle <lora:style:0.8>"))
+    again = data(generate(host, prompt="a red circle <lora:style:0.8>"))
+    other = data(generate(host, prompt="a red circle <lora:style:0.5>"))
+    checkpoint = a1111.model_key()
+    stored = a1111.store().models()
+    assert set(stored) == {checkpoint, f"{checkpoint}+lora:style:0.8", f"{checkpoint}+lora:style:0.5"}
+    assert base["notices"] and with_lora["notices"] and not again["notices"] and other["notices"]
+    assert "this checkpoint with lora:style:0.8 automatically" in with_lora["notices"][0]
+    threshold = stored[f"{checkpoint}+lora:style:0.8"].threshold
+    assert with_lora["results"][0]["threshold"] == again["results"][0]["threshold"] == pytest.approx(threshold)

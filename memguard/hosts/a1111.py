@@ -305,11 +305,17 @@ def host_queue() -> Iterator[None]:
         yield
 
 
-def model_key() -> str:
+def model_key(p: Any = None) -> str:
+    """The calibration store's key: the loaded checkpoint's short hash, plus the extra networks (LoRA, LyCORIS,
+    hypernetworks) active for ``p``'s batch with their arguments (``+lora:name:0.8``, sorted), which move the benign
+    scores (``bench/adapter_shift.py``). Textual-inversion embeddings change only the prompts that use them."""
     from modules import shared
 
     info = getattr(shared.sd_model, "sd_checkpoint_info", None)
-    return str(getattr(info, "shorthash", None) or getattr(shared.sd_model, "sd_model_hash", None) or "unknown")
+    key = str(getattr(info, "shorthash", None) or getattr(shared.sd_model, "sd_model_hash", None) or "unknown")
+    data = None if getattr(p, "disable_extra_networks", False) else getattr(p, "extra_network_data", None)
+    networks = sorted(f"{kind}:{':'.join(params.items)}" for kind, found in (data or {}).items() for params in found)
+    return key + "".join(f"+{n}" for n in networks)
 
 
 def store() -> CalibrationStore:
@@ -322,13 +328,14 @@ def store() -> CalibrationStore:
     return CalibrationStore(Path(data_path) / "memguard" / "calibration.json")
 
 
-def current_threshold() -> tuple[float | None, str]:
-    """The manual threshold setting if set, else the calibration stored for the loaded checkpoint."""
+def current_threshold(p: Any = None) -> tuple[float | None, str]:
+    """The manual threshold setting if set, else the calibration stored for the loaded checkpoint (with the extra
+    networks of ``p``'s batch, see :func:`model_key`)."""
     manual = settings.get("memguard_threshold")
     if manual and manual > 0:
         return float(manual), "manual threshold (settings)"
     try:
-        entry = store().get(model_key())
+        entry = store().get(model_key(p))
     except CalibrationStoreError as err:
         return None, str(err)
     if entry is None:

@@ -27,7 +27,7 @@ def _audit(run: a1111.Run, p: Any) -> None:
             action = r["mitigation"]["strategy"] if r["mitigation"] else ("warn" if r["flagged"] else "none")
             row = {
                 "time": time.time(),
-                "model": a1111.model_key(),
+                "model": a1111.model_key(p),
                 "prompt": r["prompt"],
                 "seed": r["seed"],
                 "score": r["score"],
@@ -105,14 +105,18 @@ def make_scripts() -> tuple[type, type]:
                 )
             if "threshold" in options:
                 run.threshold, run.threshold_source = options["threshold"], "manual threshold (request)"
-            if autocalibrate.needed(run):
-                try:
-                    autocalibrate.calibrate(run, p)
-                except Exception as err:  # shielded: the generation goes on, scored but not judged
-                    a1111.log_failure("calibrating automatically")
-                    run.notices.append(f"automatic calibration failed: {_reason(err)}")
             if settings.get("memguard_infotext"):
                 p.extra_generation_params.update(a1111.infotext(run))
+
+        def process_batch(self, p: Any, *args: Any, **kwargs: Any) -> None:
+            run = getattr(p, a1111.ATTR, None)
+            if run is None:
+                return
+            try:
+                autocalibrate.judge_batch(run, p)
+            except Exception as err:  # shielded: the generation goes on, scored but not judged
+                a1111.log_failure("calibrating automatically")
+                run.notices.append(f"automatic calibration failed: {_reason(err)}")
 
         def postprocess(self, p: Any, processed: Any, *args: Any) -> None:
             try:

@@ -135,15 +135,17 @@ class A1111Service:
         locked: bool = True,
         interrupted: Callable[[], bool] = lambda: False,
         progress: Callable[[int, int], None] = lambda done, total: None,
+        key: str | None = None,
     ) -> dict | None:
-        """Calibrate the loaded checkpoint on ``prompts`` (:meth:`benign_scores`) and store its threshold at ``fpr``;
-        None when ``interrupted``. ``locked=False`` inside a generation, which holds the host's lock already."""
+        """Calibrate the loaded checkpoint on ``prompts`` (:meth:`benign_scores`) and store its threshold at ``fpr``
+        under ``key`` (default: the checkpoint's); None when ``interrupted``. ``locked=False`` inside a generation,
+        which holds the host's lock already."""
 
         def scores() -> list[float] | None:
             return self.benign_scores(prompts, locked=locked, interrupted=interrupted, progress=progress)
 
         sampler = "k-diffusion first step (t=999)"
-        return calibrate_into(self.model_id(), a1111.store(), scores, fpr, sampler=sampler, origin=origin)
+        return calibrate_into(key or self.model_id(), a1111.store(), scores, fpr, sampler=sampler, origin=origin)
 
     def benign_scores(
         self,

@@ -18,9 +18,14 @@ from ..service import benign_prompts
 from . import a1111, service_class, settings
 
 
-def needed(run: a1111.Run) -> bool:
-    """Whether ``run`` meets an uncalibrated checkpoint that memguard should calibrate now."""
-    return run.mode != "report" and run.threshold is None and bool(settings.get("memguard_auto_calibrate"))
+def judge_batch(run: a1111.Run, p: Any) -> None:
+    """``process_batch`` body (the batch's extra networks are active by then, on A1111 and Forge): the threshold of
+    the checkpoint with this batch's networks (unless a manual one was given), calibrated first if there is none."""
+    if run.mode == "report" or run.threshold_source.startswith("manual"):
+        return
+    run.threshold, run.threshold_source = a1111.current_threshold(p)
+    if run.threshold is None and settings.get("memguard_auto_calibrate"):
+        calibrate(run, p)
 
 
 def calibrate(run: a1111.Run, p: Any) -> None:
@@ -29,17 +34,19 @@ def calibrate(run: a1111.Run, p: Any) -> None:
     fpr = float(settings.get("memguard_fpr") or 0.01)
     prompts = benign_prompts()
     started = time.perf_counter()
+    key = a1111.model_key(p)
     with _progress() as progress:
         result = service_class()().calibrate(
-            prompts, fpr, origin="automatic", locked=False, interrupted=a1111._interrupted, progress=progress
+            prompts, fpr, origin="automatic", locked=False, interrupted=a1111._interrupted, progress=progress, key=key
         )
     if result is None:
         run.notices.append("automatic calibration was interrupted: nothing stored; this generation is not judged")
         return
-    run.threshold, run.threshold_source = a1111.current_threshold()
+    run.threshold, run.threshold_source = a1111.current_threshold(p)
+    what = "this checkpoint" if key == a1111.model_key() else f"this checkpoint with {key.split('+', 1)[1]}"
     run.notices.append(
-        f"memguard calibrated this checkpoint automatically: threshold {result['threshold']:.4g} at FPR {fpr:g} "
-        f"from {result['n']} benign prompts in {time.perf_counter() - started:.1f} s (stored; once per checkpoint)"
+        f"memguard calibrated {what} automatically: threshold {result['threshold']:.4g} at FPR {fpr:g} "
+        f"from {result['n']} benign prompts in {time.perf_counter() - started:.1f} s (stored; once per combination)"
     )
 
 
