@@ -102,8 +102,8 @@ def test_unwritable_store_is_reported_kept_and_the_image_generated(host):
     out = generate(host)
     payload = data(out)
     assert payload["results"][0]["verdict"] == "uncalibrated" and len(pixels(out)) == 1
-    (notice,) = payload["notices"]
-    assert notice.startswith("automatic calibration failed: CalibrationStoreError")
+    (error,) = payload["errors"]
+    assert error.startswith("calibrating automatically: CalibrationStoreError")
     assert path.read_text(encoding="utf-8") == "not json"
 
 

@@ -114,9 +114,9 @@ def make_scripts() -> tuple[type, type]:
                 return
             try:
                 autocalibrate.judge_batch(run, p)
-            except Exception as err:  # shielded: the generation goes on, scored but not judged
+            except Exception as err:  # shielded: the generation goes on; after a fault memguard only watches
                 a1111.log_failure("calibrating automatically")
-                run.notices.append(f"automatic calibration failed: {_reason(err)}")
+                run.fail("calibrating automatically", err)
 
         def postprocess(self, p: Any, processed: Any, *args: Any) -> None:
             try:
