@@ -340,3 +340,17 @@ def test_mitigation_that_stays_above_the_threshold_says_so(host):
     assert "mitigation (attention) did not bring it below the threshold" in out.comments
     html = render_result(result)
     assert "still above the threshold" in html and ", mitigated" not in html
+
+
+def test_guard_script_with_override_settings_uses_the_overridden_threshold(host):
+    """``override_settings`` take effect inside ``process_images``, after the dropdown script started its run: the
+    batch is judged with the threshold in force then (seen in the real WebUIs, ``tests/realhost``)."""
+    info = api_txt2img(
+        host,
+        script_name=GUARD.lower(),
+        script_args=["attention", False, True],
+        override_settings={"memguard_threshold": 1e-6},
+    )
+    (result,) = info["extra_generation_params"]["memguard"]["results"]
+    assert result["verdict"] == "flagged" and result["mitigation"]["strategy"] == "attention"
+    assert info["extra_generation_params"]["memguard"]["source"] == "manual threshold (settings)"

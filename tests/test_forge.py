@@ -486,3 +486,23 @@ def test_model_options_hold_nothing_unsafe_to_deep_copy(host):
         scripts.ScriptRunner.process_before_every_sampling = original
     assert seen["reached"] == set() and seen["pickled"]
     assert [type(h) for h in seen["hooks"]] == [forge.Hook]
+
+
+def test_tab_and_api_load_the_checkpoint_when_they_come_before_any_generation(host, monkeypatch):
+    """Forge loads the selected checkpoint at the first generation (``sd_models.forge_model_reload``); until then
+    ``shared.sd_model`` has no ``forge_objects``. The service loads it the same way, and keys by its real hash."""
+    from modules import sd_models, shared
+
+    from memguard.hosts.forge_service import ForgeService
+
+    loaded, reloads = shared.sd_model, []
+
+    def forge_model_reload():
+        reloads.append(1)
+        shared.sd_model = loaded
+
+    monkeypatch.setattr(shared, "sd_model", type("FakeInitialModel", (), {"sd_model_hash": None})())
+    monkeypatch.setattr(sd_models, "forge_model_reload", forge_model_reload, raising=False)
+    service = ForgeService()
+    assert service.model_id() == a1111.model_key() != "unknown" and reloads == [1]
+    assert service.audit(["a red circle"], [0])[0]["score"] > 0 and reloads == [1]

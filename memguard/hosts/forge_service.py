@@ -35,6 +35,19 @@ from .forge import _Model
 class ForgeService(A1111Service):
     """:class:`A1111Service` over Forge's ``forge_objects.unet`` (see the module docstring)."""
 
+    def _model(self) -> Any:
+        """Forge loads the selected checkpoint lazily, at the first generation (``modules/sd_models.py:
+        forge_model_reload``, a no-op once loaded); the tab and the API, when they come first, load it the same way."""
+        from modules import sd_models, shared
+
+        if getattr(shared.sd_model, "forge_objects", None) is None and hasattr(sd_models, "forge_model_reload"):
+            sd_models.forge_model_reload()
+        return super()._model()
+
+    def model_id(self) -> str:
+        self._model()
+        return super().model_id()
+
     def _patcher(self) -> Any:
         objects = getattr(self._model(), "forge_objects", None)
         if objects is None:
