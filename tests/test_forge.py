@@ -506,3 +506,23 @@ def test_tab_and_api_load_the_checkpoint_when_they_come_before_any_generation(ho
     service = ForgeService()
     assert service.model_id() == a1111.model_key() != "unknown" and reloads == [1]
     assert service.audit(["a red circle"], [0])[0]["score"] > 0 and reloads == [1]
+
+
+def test_reforge_attention_comes_from_ldm_patched(monkeypatch):
+    """reForge (``Panchovix/stable-diffusion-webui-reForge``) has ``modules_forge`` but ComfyUI's ``ldm_patched``
+    backend instead of Forge's ``backend``: memguard's attention patch calls ``optimized_attention`` there."""
+    import sys
+    import types
+
+    from memguard.hosts import forge
+
+    def optimized_attention(q, k, v, heads):
+        return q
+
+    module = types.ModuleType("ldm_patched.ldm.modules.attention")
+    module.optimized_attention = optimized_attention
+    monkeypatch.setitem(sys.modules, "backend.attention", None)  # import fails, as on reForge
+    for name in ("ldm_patched", "ldm_patched.ldm", "ldm_patched.ldm.modules"):
+        monkeypatch.setitem(sys.modules, name, types.ModuleType(name))
+    monkeypatch.setitem(sys.modules, "ldm_patched.ldm.modules.attention", module)
+    assert forge.attention_function() is optimized_attention

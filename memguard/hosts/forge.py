@@ -143,10 +143,19 @@ class Hook:
             return getattr(state, self.name)(*args)
         if self.name == "post_cfg":
             return args[0]["denoised"]
-        from backend import attention
-
         q, k, v, extra = args
-        return attention.attention_function(q, k, v, extra["n_heads"])
+        return attention_function()(q, k, v, extra["n_heads"])
+
+
+def attention_function() -> Any:
+    """The host's attention over projected ``q, k, v`` with ``heads`` heads: Forge's
+    ``backend.attention.attention_function``, or reForge's ``ldm_patched.ldm.modules.attention.optimized_attention``
+    (reForge has ``modules_forge`` but ComfyUI's ``ldm_patched`` backend; same call)."""
+    try:
+        from backend.attention import attention_function as found
+    except ImportError:
+        from ldm_patched.ldm.modules.attention import optimized_attention as found
+    return found
 
 
 def _clone(value: Any) -> Any:
@@ -405,12 +414,11 @@ class Pass:
     def attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, extra: dict) -> torch.Tensor:
         """Replace patch: the attention that was (previous patch or ``attention_function``), then the edited images'
         cond rows again over their kept keys with the BOS keys scaled (``q . C k = C (q . k)``)."""
-        from backend import attention
-
+        attend = attention_function()
         block = tuple(extra.get("block") or ())
         previous = self.previous.get((*block, extra.get("block_index", 0))) or self.previous.get(block)
         heads = extra["n_heads"]
-        out = previous(q, k, v, extra) if previous is not None else attention.attention_function(q, k, v, heads)
+        out = previous(q, k, v, extra) if previous is not None else attend(q, k, v, heads)
         if self.edit is None:
             return out
         try:
@@ -420,7 +428,7 @@ class Pass:
                 keys = k[index][:, list(positions)]
                 keys[:, [j for j, pos in enumerate(positions) if pos % CONTEXT == 0]] *= self.edit.c_bos
                 values = v[index][:, list(positions)]
-                edited[index] = attention.attention_function(q[index], keys, values, heads).to(out.dtype)
+                edited[index] = attend(q[index], keys, values, heads).to(out.dtype)
             return edited
         except Exception as err:  # drop the edit, keep sampling; after a fault memguard only watches
             a1111.log_failure("attention edit")
