@@ -526,3 +526,17 @@ def test_reforge_attention_comes_from_ldm_patched(monkeypatch):
         monkeypatch.setitem(sys.modules, name, types.ModuleType(name))
     monkeypatch.setitem(sys.modules, "ldm_patched.ldm.modules.attention", module)
     assert forge.attention_function() is optimized_attention
+
+
+def test_the_noise_schedule_is_forges_predictor_or_reforges_model_sampling():
+    """reForge's model is ComfyUI's ``BaseModel`` with ``model_sampling`` where Forge's ``KModel`` has ``predictor``
+    (seen in the real reForge: every mitigation failed with ``'BaseModel' object has no attribute 'predictor'``)."""
+    from memguard.hosts import forge
+
+    class KModel:
+        predictor = "forge"
+
+    class BaseModel:
+        model_sampling = "reforge"
+
+    assert forge.schedule(KModel()) == "forge" and forge.schedule(BaseModel()) == "reforge"

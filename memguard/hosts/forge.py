@@ -147,6 +147,13 @@ class Hook:
         return attention_function()(q, k, v, extra["n_heads"])
 
 
+def schedule(model: Any) -> Any:
+    """The model's noise schedule (``timestep(sigma)``, ``sigma(t)``): Forge's ``KModel.predictor``, reForge's
+    ComfyUI-style ``BaseModel.model_sampling``."""
+    found = getattr(model, "predictor", None)
+    return found if found is not None else model.model_sampling
+
+
 def attention_function() -> Any:
     """The host's attention over projected ``q, k, v`` with ``heads`` heads: Forge's
     ``backend.attention.attention_function``, or reForge's ``ldm_patched.ldm.modules.attention.optimized_attention``
@@ -345,7 +352,7 @@ class Pass:
         else:
             after = wen_norm(eps_c[rows] - reference[images])
         denoised = args["denoised"].clone()
-        t = float(self.unet.model.predictor.timestep(sigma[:1])[0])
+        t = float(schedule(self.unet.model).timestep(sigma[:1])[0])
         reports = {}
         for i in targets:
             parts = lay.cond_rows[i]
@@ -462,9 +469,9 @@ class Pass:
             return denoised
         out = denoised.clone()
         total = max(denoiser.total_steps or 1, 1)
-        t = float(self.unet.model.predictor.timestep(sigma[:1])[0])
-        for i, schedule in self.run.guidance.items():
+        t = float(schedule(self.unet.model).timestep(sigma[:1])[0])
+        for i, guidance in self.run.guidance.items():
             k = _host_scale(denoised[i], c[i], u[i])
-            s = schedule.scale(denoiser.step, total, t, _d(c[i], u[i], sigma[i]), k)
+            s = guidance.scale(denoiser.step, total, t, _d(c[i], u[i], sigma[i]), k)
             out[i] = denoised[i] + (s - k) * (c[i] - u[i])
         return out

@@ -28,7 +28,7 @@ from ..algebra import eps_from_x0
 from ..explain import OCCLUSION_ROWS
 from . import a1111
 from .a1111_service import T_FIRST, A1111Service
-from .forge import _Model
+from .forge import _Model, schedule
 
 
 @dataclass
@@ -72,7 +72,7 @@ class ForgeService(A1111Service):
 
     def _eps(self, x: torch.Tensor, cond: Any) -> torch.Tensor:
         patcher = self._patcher()
-        sigma = patcher.model.predictor.sigma(torch.full((x.shape[0],), float(T_FIRST))).to(x.device)
+        sigma = schedule(patcher.model).sigma(torch.full((x.shape[0],), float(T_FIRST))).to(x.device)
         x_k = x * (sigma**2 + 1).sqrt().view(-1, *([1] * (x.ndim - 1)))
         wrapped = cond if isinstance(cond, dict) else {"c_crossattn": [cond]}
         x0 = _Model(patcher).inner_model(x_k, sigma, cond=wrapped)
