@@ -13,6 +13,7 @@ import pytest
 from webui_helpers import data, generate, pixels
 
 from memguard.hosts import a1111, a1111_service
+from memguard.ui.panel import render_result
 
 pytest.importorskip("gradio")
 
@@ -56,6 +57,8 @@ def test_first_generation_calibrates_and_is_judged_later_ones_reuse_it(host, mon
     assert calls == [{"locked": False, "interrupted": a1111._interrupted, "progress": calls[0]["progress"]}]
     second = generate(host, batch_size=2)
     assert data(second)["notices"] == [] and len(calls) == 1
+    assert "Memguard threshold: auto" in second.infotexts[0]  # where the threshold came from, in the infotext
+    assert "(calibrated automatically at FPR 0.01)" in render_result(data(second)["results"][0])  # and the panel
     assert data(second)["results"][0]["threshold"] == pytest.approx(stored.threshold)
     for a, b in zip(pixels(first), pixels(second)):  # calibrating changed nothing in the images
         assert np.array_equal(a, b)

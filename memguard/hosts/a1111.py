@@ -556,6 +556,7 @@ def _record(run: Run, p: Any, denoiser: Any, detections: list, reference: torch.
             "score": det.score,
             "d": None if det.score is None else step0.raw(det.score),
             "threshold": det.threshold,
+            "threshold_source": run.threshold_source,
             "flagged": det.flagged,
             "extra_pass": det.extra_pass,
             "reason": det.reason,
@@ -920,7 +921,7 @@ def infotext(run: Run):
     return {name: value(name) for name in INFOTEXT_KEYS}
 
 
-INFOTEXT_KEYS = ("Memguard score", "Memguard verdict", "Memguard mitigation")
+INFOTEXT_KEYS = ("Memguard score", "Memguard verdict", "Memguard threshold", "Memguard mitigation")
 
 
 def verdict(result: dict) -> str:
@@ -939,6 +940,16 @@ def key_value(result: dict, key: str) -> str | None:
         return f"{result['score']:.4g}/{tau:.4g}" if tau is not None else f"{result['score']:.4g}"
     if key == "Memguard verdict":
         return verdict(result)
+    if key == "Memguard threshold":  # where it came from, as one word the infotext needs no quotes for
+        source = result.get("threshold_source") or ""
+        if result["threshold"] is None or not source:
+            return None
+        origins = (
+            ("manual threshold (request)", "request"),
+            ("manual", "manual"),
+            ("calibrated automatically", "auto"),
+        )
+        return next((word for start, word in origins if source.startswith(start)), "calibrated")
     if key == "Memguard mitigation":
         m = result.get("mitigation")
         if m is None:

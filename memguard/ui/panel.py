@@ -141,9 +141,10 @@ def score_line(result: Mapping[str, Any], subject: str = "image") -> str:
             "Calibrate it in the Memorization tab.</p>"
         )
     relation = "above" if result.get("flagged") else "at or below"
+    source = result.get("threshold_source")
     return (
         f'<p class="memguard-score">Score <b>{score}</b> is {relation} the threshold '
-        f"<b>{fmt(result.get('threshold'))}</b>.</p>"
+        f"<b>{fmt(result.get('threshold'))}</b>{f' ({esc(source)})' if source else ''}.</p>"
     )
 
 
