@@ -43,6 +43,12 @@ def tiny_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def model_dir(tiny_dir) -> Path:
+    """The model the WebUI doubles load: the tiny model, or ``FAKEHOST_MODEL_DIR`` (the miniature, say)."""
+    return Path(os.environ.get("FAKEHOST_MODEL_DIR", tiny_dir))
+
+
+@pytest.fixture(scope="session")
 def tiny(tiny_dir):
     from memguard.pipeline import Model
 

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import fakehost
@@ -27,11 +26,6 @@ from webui_helpers import (
 pytest.importorskip("gradio")
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="session")
-def model_dir(tiny_dir) -> Path:
-    return Path(os.environ.get("FAKEHOST_MODEL_DIR", tiny_dir))
 
 
 @pytest.fixture

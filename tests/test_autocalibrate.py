@@ -3,7 +3,6 @@ checkpoint calibrates it and is judged; later ones reuse it; Interrupt and a bro
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import fakeforge
@@ -18,11 +17,6 @@ from memguard.ui.panel import render_result
 pytest.importorskip("gradio")
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="session")
-def model_dir(tiny_dir) -> Path:
-    return Path(os.environ.get("FAKEHOST_MODEL_DIR", tiny_dir))
 
 
 @pytest.fixture(params=["a1111", "forge"])

@@ -17,11 +17,6 @@ import torch
 SIZE = 8  # pixel-space tiny model: 3x8x8 samples
 
 
-@pytest.fixture(scope="session")
-def model_dir(tiny_dir) -> Path:
-    return Path(os.environ.get("FAKEHOST_MODEL_DIR", tiny_dir))
-
-
 @pytest.fixture
 def fresh():
     """A pristine fake host (new module objects, options, callbacks and caches) for each test."""

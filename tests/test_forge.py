@@ -4,7 +4,6 @@ double): real samplers, Forge's ``sampling_function`` with post-CFG functions, a
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import fakeforge
@@ -34,11 +33,6 @@ needs_text_model = pytest.mark.skipif(
     not hasattr(a1111, "text_model"),
     reason="Forge has no cond_stage_model: needs memguard.hosts.a1111.text_model() (the Forge seam's report)",
 )
-
-
-@pytest.fixture(scope="session")
-def model_dir(tiny_dir) -> Path:
-    return Path(os.environ.get("FAKEHOST_MODEL_DIR", tiny_dir))
 
 
 @pytest.fixture

@@ -26,7 +26,6 @@ import argparse
 import base64
 import contextlib
 import datetime as dt
-import gzip
 import io
 import json
 import os
@@ -45,8 +44,13 @@ import zlib
 from collections.abc import Callable
 from pathlib import Path
 
+from make_checkpoint import CLIP_L_TEXT  # the same folder: the text tower's configuration
+
 HERE = Path(__file__).resolve().parent
 PROJECT = HERE.parents[1]
+sys.path.insert(0, str(PROJECT))
+from memguard.tokens import write_tokenizer_files  # noqa: E402  (the CLIP vocabulary, built as memguard builds it)
+
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
     "--headless",
@@ -106,39 +110,13 @@ def need(condition: bool, reason: str) -> None:
 
 
 # --- the Hugging Face cache entry A1111's ldm text encoder loads (config and tokenizer only) ----------------------
-def _bytes_to_unicode() -> dict[int, str]:
-    """GPT-2/CLIP byte-level BPE's byte -> printable character table."""
-    keep = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), 256))
-    chars = keep[:]
-    extra = 0
-    for b in range(256):
-        if b not in keep:
-            keep.append(b)
-            chars.append(256 + extra)
-            extra += 1
-    return dict(zip(keep, (chr(c) for c in chars)))
-
-
 CLIP_CONFIG = {
     "architectures": ["CLIPModel"],
     "model_type": "clip",
     "projection_dim": 768,
     "logit_scale_init_value": 2.6592,
     "initializer_factor": 1.0,
-    "text_config": {
-        "model_type": "clip_text_model",
-        "vocab_size": 49408,
-        "hidden_size": 768,
-        "intermediate_size": 3072,
-        "num_hidden_layers": 12,
-        "num_attention_heads": 12,
-        "max_position_embeddings": 77,
-        "hidden_act": "quick_gelu",
-        "projection_dim": 768,
-        "bos_token_id": 0,
-        "eos_token_id": 2,
-        "pad_token_id": 1,
-    },
+    "text_config": {"model_type": "clip_text_model", **CLIP_L_TEXT},
     "vision_config": {
         "model_type": "clip_vision_model",
         "hidden_size": 1024,
@@ -161,24 +139,7 @@ def write_hf_cache(hf_home: Path, bpe_gz: Path) -> Path:
     snap = repo / "snapshots" / revision
     if (snap / "vocab.json").exists() and (repo / "refs" / "main").exists():
         return snap
-    with gzip.open(bpe_gz) as handle:
-        merges = handle.read().decode("utf-8").split("\n")[1 : 49152 - 256 - 2 + 1]
-    pairs = [tuple(m.split()) for m in merges]
-    vocab = list(_bytes_to_unicode().values())
-    vocab += [v + "</w>" for v in vocab]
-    vocab += ["".join(p) for p in pairs]
-    vocab += ["<|startoftext|>", "<|endoftext|>"]
-    if len(vocab) != 49408:
-        raise RuntimeError(f"CLIP vocabulary from {bpe_gz} has {len(vocab)} entries, not 49408")
-    snap.mkdir(parents=True, exist_ok=True)
-    (snap / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(vocab)}, ensure_ascii=False))
-    (snap / "merges.txt").write_text("#version: 0.2\n" + "\n".join(" ".join(p) for p in pairs) + "\n")
-    special = {"bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>"}
-    (snap / "special_tokens_map.json").write_text(json.dumps({**special, "pad_token": "<|endoftext|>"}))
-    tok_config = {**special, "pad_token": "<|endoftext|>", "model_max_length": 77, "do_lower_case": True}
-    (snap / "tokenizer_config.json").write_text(
-        json.dumps({**tok_config, "errors": "replace", "add_prefix_space": False, "tokenizer_class": "CLIPTokenizer"})
-    )
+    write_tokenizer_files(snap, bpe_gz)  # vocab.json, merges.txt, tokenizer and special-token configs
     (snap / "config.json").write_text(json.dumps(CLIP_CONFIG, indent=1))
     (repo / "refs").mkdir(parents=True, exist_ok=True)
     (repo / "refs" / "main").write_text(revision)
