@@ -51,16 +51,9 @@ PROJECT = HERE.parents[1]
 sys.path.insert(0, str(PROJECT))
 from memguard.tokens import write_tokenizer_files  # noqa: E402  (the CLIP vocabulary, built as memguard builds it)
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
+sys.path.insert(0, str(HERE.parent / "browser"))
+from browser_helpers import CHROMIUM, CHROMIUM_ARGS  # noqa: E402  (the browser tests' Chromium and its flags)
+
 USER, PASSWORD = "user", "pass"
 CKPT_NAME = "memguard-random-sd15.safetensors"
 CLIP_REPO = "openai/clip-vit-large-patch14"
