@@ -1,9 +1,10 @@
 """Calibration on first use: a watched or guarded generation that meets a checkpoint with no threshold calibrates it
 before its first step, so that it is judged, and every later one too (setting ``memguard_auto_calibrate``).
 
-It runs inside the generation (a script's ``process``, after the host loaded the model), which holds the WebUI's
-queue lock already, so memguard's calls take no lock of their own (``A1111Service.calibrate(locked=False)``). The
-cost is one UNet call per :data:`~memguard.hosts.a1111_service.CALIBRATION_BATCH` benign prompts at the model's
+It runs inside the generation (the watch script's ``process_batch``, after the host loaded the model and activated
+the batch's extra networks), which holds the WebUI's queue lock already, so memguard's calls take no lock of their
+own (``A1111Service.calibrate(locked=False)``). The cost is one UNet call per
+:data:`~memguard.hosts.a1111_service.CALIBRATION_BATCH` benign prompts at the model's
 native size, plus one empty-prompt pass (``bench/calibration_cost.py``). The WebUI's progress bar shows it, and
 Interrupt stops it (nothing is stored; the generation is then not judged). The first generation waits for it: a
 verdict on the image the user is looking at is the point of watching.
