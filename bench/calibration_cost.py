@@ -20,7 +20,7 @@ import torch
 from cost import PROMPT, sd15
 
 from memguard.detect import wen_norm
-from memguard.hosts.a1111_service import CALIBRATION_BATCH
+from memguard.hosts.a1111.service import CALIBRATION_BATCH
 from memguard.pipeline import sample
 from memguard.service import benign_prompts
 

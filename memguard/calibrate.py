@@ -64,6 +64,13 @@ def tpr_at_fpr(positives: Sequence[float], negatives: Sequence[float], fpr: floa
     return float(t[np.argmin(np.abs(f - fpr))])
 
 
+def default_store() -> Path:
+    """``$MEMGUARD_HOME/calibration.json``, else ``~/.cache/memguard/calibration.json``: the command line's store,
+    and the WebUI seam's outside a WebUI."""
+    home = os.environ.get("MEMGUARD_HOME") or Path.home() / ".cache" / "memguard"
+    return Path(home) / "calibration.json"
+
+
 class CalibrationStoreError(RuntimeError):
     """The calibration file cannot be used; it is left untouched."""
 

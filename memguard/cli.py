@@ -8,23 +8,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 
-from .calibrate import Calibration, CalibrationStore, CalibrationStoreError
+from . import strategies
+from .calibrate import Calibration, CalibrationStore, CalibrationStoreError, default_store
 from .miniature import MODEL_DIR
 from .service import benign_prompts
-
-STRATEGIES = ("none", "auto", "embedding", "attention", "guidance")
-
-
-def default_store() -> Path:
-    """``$MEMGUARD_HOME/calibration.json``, else ``~/.cache/memguard/calibration.json``."""
-    home = os.environ.get("MEMGUARD_HOME") or Path.home() / ".cache" / "memguard"
-    return Path(home) / "calibration.json"
 
 
 def read_prompts(path: Path) -> list[tuple[int, str]]:
@@ -112,14 +104,8 @@ def load_model(args):
 
 
 def build_strategy(name: str):
-    from .mitigate.attention import Attention
-    from .mitigate.auto import Auto
-    from .mitigate.embedding import Embedding
-    from .mitigate.guidance import Guidance
-
-    return {"none": None, "auto": Auto(), "embedding": Embedding(), "attention": Attention(), "guidance": Guidance()}[
-        name
-    ]
+    """``--mitigation``: a strategy of the registry, or None for ``none``."""
+    return None if name == "none" else strategies.build(name)
 
 
 def _progress(total: int, desc: str):
@@ -438,7 +424,12 @@ def parser() -> argparse.ArgumentParser:
     what.add_argument("--prompts", type=Path, help="prompt file (text or JSON lines)")
     p.add_argument("--images", type=int, default=1, help="images per prompt (default: 1)")
     p.add_argument("--negative", default="", help="negative prompt (the score still uses the empty prompt)")
-    p.add_argument("--mitigation", choices=STRATEGIES, default="auto", help="strategy for flagged images")
+    p.add_argument(
+        "--mitigation",
+        choices=("none", *strategies.NAMES),
+        default=strategies.DEFAULT,
+        help="strategy for flagged images",
+    )
     p.add_argument("--force", action="store_true", help="mitigate every image, flagged or not")
     p.add_argument("--output-type", choices=("png", "latent"), default="png", help="PNG images or .npy samples")
     p.add_argument("--upscale", type=int, default=1, help="nearest-neighbour upscale of saved PNGs (default: 1)")

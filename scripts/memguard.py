@@ -9,11 +9,11 @@ from memguard.api import register_routes
 from memguard.hosts import a1111, forge, request, service_class, settings
 
 if forge.is_forge():  # Forge: its modules_forge package imports
-    from memguard.hosts.forge_scripts import make_scripts
+    from memguard.hosts.forge.scripts import make_scripts
 
     forge.register()
 else:
-    from memguard.hosts.a1111_scripts import make_scripts
+    from memguard.hosts.a1111.scripts import make_scripts
 
     a1111.register()
 

@@ -174,8 +174,8 @@ def census() -> dict:
         "processing objects with a run": sum(
             isinstance(o, StableDiffusionProcessing) and a1111.ATTR in vars(o) for o in objects
         ),
-        "current run": a1111._current()[0] is not None,
+        "current run": a1111.PROCESS.current()[0] is not None,
         "live tensors": sum(isinstance(o, torch.Tensor) for o in objects),
         "empty-prompt cache": int(getattr(shared.sd_model, "_memguard_empty", None) is not None),
-        "tokenizer cache": len(a1111._tokenizer_cache),
+        "tokenizer cache": len(a1111.PROCESS.tokenizers),
     }

@@ -78,11 +78,11 @@ def test_watch_score_equals_direct_recomputation(host, scale):
 def test_mitigation_off_the_native_size_works_in_raw_d(host, monkeypatch):
     """At twice the native size the strategy gets the threshold as Wen's ``d`` of that latent (its target, like its
     scores, is raw ``d``) and its report comes back in judged units."""
-    from memguard.hosts import a1111
+    from memguard import strategies
 
     cases = []
-    strategy = a1111._strategy
-    monkeypatch.setattr(a1111, "_strategy", lambda *a: (lambda case: cases.append(case) or strategy(*a)(case)))
+    build = strategies.build
+    monkeypatch.setattr(strategies, "build", lambda *a, **k: (lambda case: cases.append(case) or build(*a, **k)(case)))
     set_threshold(1e-3)
     out = generate(host, GUARD, {guard_index(): "attention"}, height=2 * side(), width=2 * side())
     (result,) = data(out)["results"]
@@ -217,7 +217,7 @@ def test_no_state_or_callbacks_accumulate(host):
 
 def test_tab_service_scores_explains_and_calibrates_the_loaded_checkpoint(host):
     from memguard.hosts import a1111
-    from memguard.hosts.a1111_service import A1111Service
+    from memguard.hosts.a1111.service import A1111Service
 
     service = A1111Service()
     prompt = "a (red:1.1) circle AND a blue square"
@@ -239,7 +239,7 @@ def test_tab_service_uses_the_model_only_under_the_hosts_queue_lock(host):
 
     from modules import call_queue, shared
 
-    from memguard.hosts.a1111_service import A1111Service
+    from memguard.hosts.a1111.service import A1111Service
 
     held = []
     hook = shared.sd_model.model.diffusion_model.register_forward_pre_hook(

@@ -11,7 +11,9 @@ import numpy as np
 import pytest
 from webui_helpers import data, generate, pixels
 
-from memguard.hosts import a1111, a1111_service
+from memguard.hosts import a1111
+from memguard.hosts.a1111 import host as a1111_host
+from memguard.hosts.a1111 import service as a1111_service
 from memguard.ui.panel import render_result
 
 pytest.importorskip("gradio")
@@ -48,7 +50,7 @@ def test_first_generation_calibrates_and_is_judged_later_ones_reuse_it(host, mon
     assert "from 320 benign prompts" in notice and notice in first.comments
     stored = a1111.store().get(a1111.model_key())
     assert stored.origin == "automatic" and stored.n_prompts == 320
-    assert calls == [{"locked": False, "interrupted": a1111._interrupted, "progress": calls[0]["progress"]}]
+    assert calls == [{"locked": False, "interrupted": a1111_host.interrupted, "progress": calls[0]["progress"]}]
     second = generate(host, batch_size=2)
     assert data(second)["notices"] == [] and len(calls) == 1
     assert "Memguard threshold: auto" in second.infotexts[0]  # where the threshold came from, in the infotext
@@ -72,7 +74,7 @@ def test_calibration_scores_are_the_tabs_first_step_scores(host):
 def test_interrupt_stores_nothing_and_leaves_the_generation_unjudged(host, monkeypatch):
     from modules import shared
 
-    monkeypatch.setattr(a1111, "_interrupted", lambda: True)
+    monkeypatch.setattr(a1111_host, "interrupted", lambda: True)
     out = generate(host)
     payload = data(out)
     assert payload["results"][0]["verdict"] == "uncalibrated"

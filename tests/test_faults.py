@@ -20,20 +20,20 @@ import torch
 from webui_helpers import GUARD, data, flag_one, generate, guard_index, pixels, processing, results, set_threshold
 
 import memguard.calibrate as calibrate
-from memguard import cli
+from memguard import cli, flow
 from memguard.calibrate import Calibration, CalibrationStore
 from memguard.hosts import a1111
 
 pytest.importorskip("gradio")
 
-MEMGUARD = str(Path(a1111.__file__).resolve().parents[1])
+MEMGUARD = str(Path(a1111.__file__).resolve().parents[2])
 
 
 def _released(p) -> None:
     """Nothing of the generation is left in memguard: no run on ``p``, no current run, no hooks on the model."""
     assert a1111.ATTR not in vars(p)
     assert "close" not in vars(p)  # the close wrapper is removed
-    assert a1111._current() == (None, None)
+    assert a1111.PROCESS.current() == (None, None)
     assert generation_mix.model_hooks() == 0
 
 
@@ -43,8 +43,10 @@ def _same(a, b) -> bool:
 
 def _wrap_case(monkeypatch, wrap) -> None:
     """Wrap the ``eps_model`` memguard hands to the strategy (the UNet inside the embedding optimization loop)."""
-    real = a1111.Case
-    monkeypatch.setattr(a1111, "Case", lambda **kw: real(**{**kw, "eps_model": wrap(kw["eps_model"])}))
+    from memguard.hosts.a1111 import first_step
+
+    real = first_step.Case
+    monkeypatch.setattr(first_step, "Case", lambda **kw: real(**{**kw, "eps_model": wrap(kw["eps_model"])}))
 
 
 # --- a. out of memory inside the embedding optimization --------------------------------------------------------------
@@ -69,7 +71,7 @@ def test_out_of_memory_in_optimization_generates_unmitigated_warns_and_frees(web
 
     _wrap_case(monkeypatch, out_of_memory_at_the_second_iteration)
     freed = []
-    monkeypatch.setattr(a1111, "free_memory", lambda: freed.append(torch.is_grad_enabled()))
+    monkeypatch.setattr(flow, "free_memory", lambda: freed.append(torch.is_grad_enabled()))
     p = processing(webui, GUARD, {guard_index(): "embedding"}, **job)
     out = webui.run_txt2img(p)
 
@@ -91,9 +93,9 @@ def test_out_of_memory_in_optimization_generates_unmitigated_warns_and_frees(web
 @pytest.mark.parametrize("cuda", [True, False])
 def test_free_memory_empties_the_cuda_cache_only_with_cuda(monkeypatch, cuda):
     emptied = []
-    monkeypatch.setattr(a1111.torch.cuda, "is_available", lambda: cuda)
-    monkeypatch.setattr(a1111.torch.cuda, "empty_cache", lambda: emptied.append(1))
-    a1111.free_memory()
+    monkeypatch.setattr(flow.torch.cuda, "is_available", lambda: cuda)
+    monkeypatch.setattr(flow.torch.cuda, "empty_cache", lambda: emptied.append(1))
+    flow.free_memory()
     assert emptied == ([1] if cuda else [])
 
 
@@ -273,7 +275,7 @@ BROKEN = {
 
 @pytest.mark.parametrize("kind", sorted(BROKEN))
 def test_broken_store_is_reported_by_the_watcher_and_the_tab_and_kept(webui, store_path, monkeypatch, kind):
-    from memguard.hosts.a1111_service import A1111Service
+    from memguard.hosts.a1111.service import A1111Service
     from memguard.ui import actions
 
     path = store_path
@@ -320,7 +322,7 @@ def test_unwritable_store_is_reported_by_the_tab_and_the_api_and_kept(webui, sto
     from fastapi.testclient import TestClient
 
     from memguard.api import PREFIX, register_routes
-    from memguard.hosts.a1111_service import A1111Service
+    from memguard.hosts.a1111.service import A1111Service
     from memguard.ui import actions
 
     path = store_path
@@ -361,7 +363,7 @@ def test_cli_calibrate_reports_the_store_and_keeps_it(tiny_dir, tmp_path, monkey
 
 def test_calibrate_checks_the_store_before_scoring(webui, store_path, monkeypatch):
     """A long calibration is not run only to find that its result cannot be stored."""
-    from memguard.hosts.a1111_service import A1111Service
+    from memguard.hosts.a1111.service import A1111Service
 
     path = store_path
     path.write_text("{not json", encoding="utf-8")

@@ -42,7 +42,7 @@ def host(model_dir):
     fakeforge.uninstall()
     fakeforge.install()
     from memguard.hosts import forge
-    from memguard.hosts.forge_scripts import make_scripts
+    from memguard.hosts.forge.scripts import make_scripts
 
     h = fakeforge.boot(model_dir, script_classes=list(make_scripts()), api=True)
     forge.register()
@@ -189,14 +189,14 @@ def test_attention_edit_reaches_the_flagged_rows_only(host, monkeypatch):
 
     _, flagged = flag_one(host)
     calls = []
-    original = forge.Pass._edited_rows
+    original = forge.Pass.edited_rows
 
     def spy(self, extra, batch, length):
         groups = original(self, extra, batch, length)
         calls.append((list(extra["cond_or_uncond"]), sorted(r for rows in groups.values() for r in rows)))
         return groups
 
-    monkeypatch.setattr(forge.Pass, "_edited_rows", spy)
+    monkeypatch.setattr(forge.Pass, "edited_rows", spy)
     generate(host, GUARD, {guard_index(): "attention"}, batch_size=4, seed=11)
     host_calls = [c for c in calls if len(c[0]) == 2]
     assert host_calls and all(rows == [4 * marks.index(0) + flagged] for marks, rows in host_calls)
@@ -223,7 +223,7 @@ def test_attention_edit_equals_the_a1111_hooks_on_the_bare_network(host):
     x = x / (sigma**2 + 1).sqrt()[:, None, None, None]
     engine = shared.sd_model.text_processing_engine
     ids = [i for chunk in engine.process_texts([prompt])[0][0] for i in chunk.tokens]
-    keep = a1111._keep_positions(ids, engine.id_end)
+    keep = a1111.keep_positions(ids, engine.id_end)
     cond = shared.sd_model.get_learned_conditioning([prompt])
     empty = shared.sd_model.get_learned_conditioning([""])
     with torch.no_grad():
@@ -288,7 +288,7 @@ def test_failing_attention_edit_is_dropped_and_sampling_goes_on(host, monkeypatc
     def boom(*a, **k):
         raise RuntimeError("injected")
 
-    monkeypatch.setattr(forge.Pass, "_edited_rows", boom)
+    monkeypatch.setattr(forge.Pass, "edited_rows", boom)
     out = generate(host, GUARD, {guard_index(): "attention"}, batch_size=2)
     assert "attention edit: RuntimeError: injected" in out.comments
     assert len(pixels(out)) == 2
@@ -304,7 +304,7 @@ def test_failed_mitigation_keeps_the_verdict_and_says_so(host, monkeypatch):
     def boom(*a, **k):
         raise torch.cuda.OutOfMemoryError("injected")
 
-    monkeypatch.setattr(forge.Pass, "_mitigate", boom)
+    monkeypatch.setattr(forge.Pass, "apply", boom)
     out = generate(host, GUARD, {guard_index(): "attention"}, batch_size=2, n_iter=2, seed=11)
     res = results(out)
     assert [r["index"] for r in res] == [0, 1, 2, 3] and all(r["mitigation"] is None for r in res)
@@ -351,7 +351,7 @@ def test_tab_and_api_service_reads_forge_unet(host):
 
     from memguard.api import PREFIX, register_routes
     from memguard.hosts import service_class
-    from memguard.hosts.forge_service import ForgeService
+    from memguard.hosts.forge.service import ForgeService
 
     assert service_class() is ForgeService
     service, prompt = ForgeService(), "a (red:1.1) circle"
@@ -391,7 +391,7 @@ def boot_with_freeu(model_dir: Path, order: str):
     from forge_freeu import make_freeu
 
     from memguard.hosts import forge
-    from memguard.hosts.forge_scripts import make_scripts
+    from memguard.hosts.forge.scripts import make_scripts
 
     memguard_scripts, freeu = list(make_scripts()), [make_freeu()]
     classes = freeu + memguard_scripts if order == "freeu first" else memguard_scripts + freeu
@@ -487,7 +487,7 @@ def test_tab_and_api_load_the_checkpoint_when_they_come_before_any_generation(ho
     ``shared.sd_model`` has no ``forge_objects``. The service loads it the same way, and keys by its real hash."""
     from modules import sd_models, shared
 
-    from memguard.hosts.forge_service import ForgeService
+    from memguard.hosts.forge.service import ForgeService
 
     loaded, reloads = shared.sd_model, []
 

@@ -132,6 +132,6 @@ def test_xyz_plot_axes_set_strategy_threshold_and_explain_per_cell(host, monkeyp
     assert "Memguard mitigation: attention" in grid.infotexts[1]
 
     explained = []
-    monkeypatch.setattr(a1111, "_explain_image", lambda *a, **k: explained.append(1) or ([], None))
+    monkeypatch.setattr(a1111.first_step, "explain_image", lambda *a, **k: explained.append(1) or ([], None))
     grid = xyz_plot(host, "[memguard] Explain", dropdown=["False", "True"])
     assert len(grid.infotexts) == 2 and explained == [1]

@@ -108,7 +108,7 @@ def test_note_on_how_words_were_coloured_is_shown():
 
 def test_unflagged_block_has_no_prompt():
     html = render_panel([result(score=1.0, flagged=False)])
-    assert "memguard-clear" in html and "No memorization detected" in html
+    assert "memguard-ok" in html and "No memorization detected" in html
     assert "at or below the threshold" in html
     assert "memguard-word" not in html and "Memorization guard script" not in html
 

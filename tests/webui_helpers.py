@@ -79,7 +79,7 @@ def set_threshold(value: float) -> None:
 
 
 def assert_scoring_failure_contained(host, monkeypatch) -> None:
-    """A failure inside memguard's scoring (``a1111._record`` raising) is reported in the log and leaves the
+    """A failure inside memguard's scoring (``a1111.first_step.record`` raising) is reported in the log and leaves the
     images of a batch of 2 bit-identical to the same generation before the fault."""
     from memguard.hosts import a1111
 
@@ -88,7 +88,7 @@ def assert_scoring_failure_contained(host, monkeypatch) -> None:
     def boom(*a, **k):
         raise RuntimeError("injected")
 
-    monkeypatch.setattr(a1111, "_record", boom)
+    monkeypatch.setattr(a1111.first_step, "record", boom)
     out = generate(host, batch_size=2)
     assert "memguard could not score this generation: scoring: RuntimeError: injected" in out.comments
     for a, b in zip(pixels(out), pixels(plain)):

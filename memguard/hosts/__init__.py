@@ -6,9 +6,9 @@ def service_class() -> type:
     from .forge import is_forge
 
     if is_forge():
-        from .forge_service import ForgeService
+        from .forge.service import ForgeService
 
         return ForgeService
-    from .a1111_service import A1111Service
+    from .a1111.service import A1111Service
 
     return A1111Service

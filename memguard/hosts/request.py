@@ -9,7 +9,7 @@ import json
 import math
 from typing import Any
 
-from .settings import STRATEGIES
+from ..strategies import NAMES as STRATEGIES
 
 # name: (allowed values, or the type a value must have; what it does)
 FIELDS: dict[str, tuple[Any, str]] = {

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..strategies import DEFAULT, NAMES
+
 SECTION = ("memguard", "Memorization guard")
-STRATEGIES = ("auto", "embedding", "attention", "guidance")
 
 # key: (default, label, component kind, component args, hint)
 OPTIONS: dict[str, tuple[Any, str, str, dict, str]] = {
@@ -44,7 +45,7 @@ OPTIONS: dict[str, tuple[Any, str, str, dict, str]] = {
         {"choices": ["warn", "mitigate"]},
         "mitigate uses the strategy below on flagged images only",
     ),
-    "memguard_strategy": ("auto", "Mitigation strategy", "radio", {"choices": list(STRATEGIES)}, ""),
+    "memguard_strategy": (DEFAULT, "Mitigation strategy", "radio", {"choices": list(NAMES)}, ""),
     "memguard_explain": (
         True,
         "Explain flagged images (token significance; one gradient pass per flagged image)",

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ..calibrate import CalibrationStoreError
+from ..result import FLAGGED, OK, UNCALIBRATED
 from ..service import Service, benign_prompts
 from ..tokens import well_formed
 from .charts import histogram_svg
@@ -123,7 +124,7 @@ def _calibration_summary(result: dict, model_id: str, extra: int) -> str:
     source = "memguard's benign prompts" + (f" and {extra} from your file" if extra else "")
     resolution = f"with {n} prompts the false-positive rate moves in steps of {fmt(1 / n, 3)}" if n else ""
     return (
-        '<div class="memguard-panel memguard-calibration"><div class="memguard-result memguard-clear">'
+        '<div class="memguard-panel memguard-calibration"><div class="memguard-result memguard-ok">'
         f'<div class="memguard-result-head"><span class="memguard-badge memguard-badge-clear">Calibrated</span> '
         f'<span class="memguard-image">model {esc(model_id)}</span></div>'
         f'<p class="memguard-score">Threshold <b>{fmt(tau)}</b> at false-positive rate {fmt(fpr, 3)} '
@@ -199,7 +200,7 @@ def _audit_summary(rows: Sequence[dict], model_id: str, n_seeds: int) -> str:
     else:
         verdict = f"{flagged} of {len(rows)} prompts are above the threshold {fmt(tau)}."
     extra = f" {unscored} could not be scored." if unscored else ""
-    status = "flagged" if flagged else ("uncalibrated" if tau is None else "clear")
+    status = FLAGGED if flagged else (UNCALIBRATED if tau is None else OK)
     return (
         f'<div class="memguard-panel memguard-audit"><div class="memguard-result memguard-{status}">'
         f'<p class="memguard-score">Audited {len(rows)} prompts on {n_seeds} seed(s) with model {esc(model_id)}. '

@@ -18,6 +18,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from ..mitigate.base import still_above
+from ..result import FLAGGED, OK, UNCALIBRATED, UNSCORED, verdict
 
 HEAT_LEVELS = 5
 ADVICE = "Edit the highlighted words, or rerun with the Memorization guard script."
@@ -106,36 +107,32 @@ def heat_legend() -> str:
 
 
 def status_of(result: Mapping[str, Any]) -> str:
-    """``unscored``, ``uncalibrated``, ``flagged`` or ``clear`` for one result."""
-    if result.get("score") is None:
-        return "unscored"
-    if result.get("threshold") is None:
-        return "uncalibrated"
-    return "flagged" if result.get("flagged") else "clear"
+    """The result's verdict (``memguard.result.VERDICTS``)."""
+    return verdict(result.get("score"), result.get("threshold"), bool(result.get("flagged")))
 
 
 BADGES = {
-    "unscored": "Not scored",
-    "uncalibrated": "Not calibrated",
-    "flagged": "Likely memorized",
-    "clear": "No memorization detected",
+    UNSCORED: "Not scored",
+    UNCALIBRATED: "Not calibrated",
+    FLAGGED: "Likely memorized",
+    OK: "No memorization detected",
 }
 
 
 def badge(status: str, mitigated: bool = False) -> str:
     """The verdict as a coloured label (a flagged image that was mitigated says so)."""
-    label = BADGES[status] + (", mitigated" if mitigated and status == "flagged" else "")
+    label = BADGES[status] + (", mitigated" if mitigated and status == FLAGGED else "")
     return f'<span class="memguard-badge memguard-badge-{esc(status)}">{esc(label)}</span>'
 
 
 def score_line(result: Mapping[str, Any], subject: str = "image") -> str:
     """One sentence comparing the score with the threshold (or saying why there is no comparison)."""
     status = status_of(result)
-    if status == "unscored":
+    if status == UNSCORED:
         reason = result.get("reason") or "no reason was given"
         return f'<p class="memguard-score">memguard could not score this {esc(subject)}: {esc(reason)}</p>'
     score = fmt(result.get("score"))
-    if status == "uncalibrated":
+    if status == UNCALIBRATED:
         return (
             f'<p class="memguard-score">Score <b>{score}</b>; not calibrated: this model has no threshold yet. '
             "Calibrate it in the Memorization tab.</p>"
@@ -189,7 +186,7 @@ def render_result(result: Mapping[str, Any], target: str | None = "txt2img_promp
         f"{esc(_image_title(result))}</span></div>",
         score_line(result),
     ]
-    if status == "flagged":
+    if status == FLAGGED:
         prompt = highlight_prompt(result.get("prompt", ""), result.get("words"), target)
         body.append(f'<div class="memguard-prompt-box">{prompt}</div>')
         body.append(note_line(result))
@@ -249,7 +246,7 @@ def render_analysis(result: Mapping[str, Any], seeds: Sequence[int], model_id: s
     reason = result.get("reason") or "every seed gave a non-finite score"
     summary = score_line({**result, "reason": reason}, subject="prompt")
     prompt = highlight_prompt(result.get("prompt", ""), result.get("words"), target)
-    advice = ADVICE if status == "flagged" else "The colours show which words the score depends on most."
+    advice = ADVICE if status == FLAGGED else "The colours show which words the score depends on most."
     parts = [
         head,
         summary,

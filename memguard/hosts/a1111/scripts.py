@@ -9,34 +9,38 @@ import logging
 import time
 from typing import Any
 
-from ..mitigate.base import still_above
-from . import a1111, autocalibrate, request, settings
+from ... import strategies
+from .. import autocalibrate, request, settings
+from . import report
+from .host import model_key
+from .process import log_failure
+from .run import ATTR, Run, finish, run_of, start, start_failed
 
 log = logging.getLogger("memguard")
 
 GUARD_TITLE = "Memorization guard"
 
 
-def _audit(run: a1111.Run, p: Any) -> None:
+def _audit(run: Run, p: Any) -> None:
     """Append one JSON line per image to the audit log, when the setting names a file."""
     path = settings.get("memguard_audit_log")
     if not path or not run.results:
         return
     with open(path, "a", encoding="utf-8") as handle:
-        for r in sorted(run.results.values(), key=lambda r: r["index"]):
-            action = r["mitigation"]["strategy"] if r["mitigation"] else ("warn" if r["flagged"] else "none")
+        for r in run.ordered():
+            action = r.mitigation["strategy"] if r.mitigation else ("warn" if r.flagged else "none")
             row = {
                 "time": time.time(),
-                "model": a1111.model_key(p),
-                "prompt": r["prompt"],
-                "seed": r["seed"],
-                "score": r["score"],
-                "threshold": r["threshold"],
+                "model": model_key(p),
+                "prompt": r.prompt,
+                "seed": r.seed,
+                "score": r.score,
+                "threshold": r.threshold,
                 "threshold_source": run.threshold_source,
-                "verdict": a1111.verdict(r),
+                "verdict": r.verdict,
                 "action": action,
-                "score_after": (r["mitigation"] or {}).get("score_after"),
-                "still_above": still_above(r["mitigation"], r["threshold"]),
+                "score_after": (r.mitigation or {}).get("score_after"),
+                "still_above": r.still_above,
             }
             handle.write(json.dumps(row, ensure_ascii=False) + "\n")
 
@@ -45,16 +49,16 @@ def _reason(err: BaseException) -> str:
     return f"{type(err).__name__}: {err}"
 
 
-def _report(run: a1111.Run, p: Any, processed: Any) -> None:
+def _report(run: Run, p: Any, processed: Any) -> None:
     """Write the generation's summary lines (and the data line the panel renders) to its log, and its results to
     the generation info (``Processed.js()``, the API's ``info``: ``extra_generation_params["memguard"]``, in a copy of
     the dict, so that no infotext written later carries them; memguard's per-image infotext values, which JSON
     would turn into nulls, left out there); audit if set."""
-    processed.comments = (processed.comments or "") + "".join(f"{line}\n" for line in a1111.summary_lines(run))
+    processed.comments = (processed.comments or "") + "".join(f"{line}\n" for line in report.summary_lines(run))
     params = getattr(processed, "extra_generation_params", None) or {}
     processed.extra_generation_params = {
-        **{k: v for k, v in params.items() if k not in a1111.INFOTEXT_KEYS},
-        "memguard": a1111.payload(run),
+        **{k: v for k, v in params.items() if k not in report.INFOTEXT_KEYS},
+        "memguard": report.payload(run),
     }
     try:
         _audit(run, p)
@@ -85,18 +89,18 @@ def make_scripts() -> tuple[type, type]:
                 self._process(p, {**request.parse(options), **request.parse(getattr(p, request.XYZ_ATTR, None))})
             except request.OptionsError as err:
                 log.warning("memguard: %s", err)
-                a1111.start_failed(p, "reading the request's options", err)
+                start_failed(p, "reading the request's options", err)
             except Exception as err:  # shielded: the generation goes on, memguard only says why it is not watching
-                a1111.log_failure("starting to watch")
-                a1111.start_failed(p, "starting to watch", err)
+                log_failure("starting to watch")
+                start_failed(p, "starting to watch", err)
 
         def _process(self, p: Any, options: dict) -> None:
-            run = getattr(p, a1111.ATTR, None)
+            run = run_of(p)
             if run is None:
                 if not options.get("watch", settings.get("memguard_watch")):
                     return
                 mitigate = options.get("action", settings.get("memguard_action")) == "mitigate"
-                run = a1111.start(
+                run = start(
                     p,
                     "mitigate" if mitigate else "watch",
                     strategy_name=options.get("strategy", settings.get("memguard_strategy")),
@@ -106,25 +110,25 @@ def make_scripts() -> tuple[type, type]:
             if "threshold" in options:
                 run.threshold, run.threshold_source = options["threshold"], "manual threshold (request)"
             if settings.get("memguard_infotext"):
-                p.extra_generation_params.update(a1111.infotext(run))
+                p.extra_generation_params.update(report.infotext(run))
 
         def process_batch(self, p: Any, *args: Any, **kwargs: Any) -> None:
-            run = getattr(p, a1111.ATTR, None)
+            run = getattr(p, ATTR, None)
             if run is None:
                 return
             try:
                 autocalibrate.judge_batch(run, p)
             except Exception as err:  # shielded: the generation goes on; after a fault memguard only watches
-                a1111.log_failure("calibrating automatically")
+                log_failure("calibrating automatically")
                 run.fail("calibrating automatically", err)
 
         def postprocess(self, p: Any, processed: Any, *args: Any) -> None:
             try:
-                run = a1111.finish(p)
+                run = finish(p)
                 if run is not None:
                     _report(run, p, processed)
             except Exception as err:  # shielded: the images are done; say why the report is missing
-                a1111.log_failure("reporting")
+                log_failure("reporting")
                 processed.comments = (processed.comments or "") + f"memguard could not report: {_reason(err)}\n"
 
     class MemguardGuard(scripts.Script):
@@ -140,37 +144,39 @@ def make_scripts() -> tuple[type, type]:
             import gradio as gr
 
             strategy = gr.Radio(
-                list(settings.STRATEGIES), value="auto", label="Mitigation strategy", elem_id=self.elem_id("strategy")
+                list(strategies.NAMES),
+                value=strategies.DEFAULT,
+                label="Mitigation strategy",
+                elem_id=self.elem_id("strategy"),
             )
             force = gr.Checkbox(
                 False, label="Mitigate every image, not only flagged ones", elem_id=self.elem_id("force")
             )
             explain = gr.Checkbox(True, label="Explain flagged images", elem_id=self.elem_id("explain"))
-            self.infotext_fields = [(strategy, "Memguard strategy"), (force, "Memguard force")]
+            components = {"strategy": strategy, "force": force}
+            self.infotext_fields = [(components[e.paste], e.name) for e in report.INFOTEXT if e.paste]
             return [strategy, force, explain]
 
         def run(self, p: Any, strategy: str = "auto", force: bool = False, explain: bool = True) -> Any:
-            if strategy not in settings.STRATEGIES:
-                raise ValueError(
-                    f"memguard: unknown strategy {strategy!r}; use one of {', '.join(settings.STRATEGIES)}"
-                )
+            if strategy not in strategies.NAMES:
+                raise ValueError(f"memguard: unknown strategy {strategy!r}; use one of {', '.join(strategies.NAMES)}")
             failure = None
             try:
-                a1111.start(p, "mitigate", strategy_name=strategy, force=bool(force), explain=bool(explain))
-                p.extra_generation_params["Memguard strategy"] = strategy
+                start(p, "mitigate", strategy_name=strategy, force=bool(force), explain=bool(explain))
+                p.extra_generation_params[report.STRATEGY.name] = strategy
                 if force:
-                    p.extra_generation_params["Memguard force"] = True
+                    p.extra_generation_params[report.FORCE.name] = True
             except Exception as err:  # shielded: generate without mitigation, and say so
-                a1111.log_failure("starting the Memorization guard")
+                log_failure("starting the Memorization guard")
                 failure = f"memguard could not start the Memorization guard: {_reason(err)}\n"
-                a1111.finish(p)
+                finish(p)
             try:
                 processed = processing.process_images(p)
             finally:
                 try:
-                    a1111.finish(p)
+                    finish(p)
                 except Exception:  # shielded: never mask the host's own exception or result
-                    a1111.log_failure("finishing")
+                    log_failure("finishing")
             if failure and processed is not None:
                 processed.comments = (processed.comments or "") + failure
             return processed

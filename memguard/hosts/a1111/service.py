@@ -9,7 +9,7 @@ watcher at a k-diffusion sampler's first step are therefore on the same scale.
 
 The tab and the API run on other threads than the generations (A1111 lets gradio run 64 events at once), and a
 generation may have hooks on the UNet (memguard's own attention edit, other extensions'), offload it, or need all
-the accelerator's memory. Every model use here therefore holds the host's ``queue_lock`` (``a1111.host_queue``;
+the accelerator's memory. Every model use here therefore holds the host's ``queue_lock`` (``host.host_queue``;
 A1111 1.10 ``modules/call_queue.py``, kept by Forge), the lock every generation holds, one prompt at a time.
 
 Token significance is ``memguard.explain.significance``: Wen's gradient, or occlusion where the weights refuse a
@@ -27,12 +27,14 @@ from typing import Any
 
 import torch
 
-from .. import prompt_syntax
-from ..algebra import eps_from_v
-from ..detect import wen_norm
-from ..explain import explain, significance
-from ..service import calibrate_into, result
-from . import a1111
+from ... import prompt_syntax
+from ...algebra import eps_from_v
+from ...detect import wen_norm
+from ...explain import explain, significance
+from ...service import calibrate_into, result
+from . import host
+from .conditioning import crossattn, take, with_crossattn
+from .prompt_tokens import host_tokens
 
 T_FIRST = 999
 CALIBRATION_BATCH = 8  # sub-prompts per UNet call when calibrating
@@ -50,13 +52,13 @@ class A1111Service:
         return shared.sd_model
 
     def model_id(self) -> str:
-        return a1111.model_key()
+        return host.model_key()
 
     def threshold(self) -> float | None:
-        return a1111.current_threshold()[0]
+        return host.current_threshold()[0]
 
     def threshold_source(self) -> str:
-        return a1111.current_threshold()[1]
+        return host.current_threshold()[1]
 
     def _cond(self, texts: list[str]) -> Any:
         return self._model().get_learned_conditioning(texts)
@@ -76,15 +78,15 @@ class A1111Service:
 
     def _noise(self, seeds: Sequence[int]) -> torch.Tensor:
         network = self._network()
-        shape = a1111.native_latent(network, self._model())
+        shape = host.native_latent(network, self._model())
         device = next(network.parameters()).device
         noise = [torch.randn((1, *shape), generator=torch.Generator("cpu").manual_seed(int(s))) for s in seeds]
         return torch.cat(noise).to(device)
 
     def _scores(self, text: str, seeds: Sequence[int]) -> tuple[list[float], Any, torch.Tensor, torch.Tensor]:
         n = len(seeds)
-        cond = a1111._take(self._cond([text]), [0] * n)
-        empty = a1111._empty_cond(n)
+        cond = take(self._cond([text]), [0] * n)
+        empty = host.empty_cond(n)
         x = self._noise(seeds)
         with torch.no_grad():
             eps_e = self._eps(x, empty)
@@ -100,7 +102,7 @@ class A1111Service:
     @contextlib.contextmanager
     def _model_in_use(self) -> Iterator[None]:
         """Hold the host's generation lock, with the model made ready for memguard's own calls."""
-        with a1111.host_queue():
+        with host.host_queue():
             self._prepare()
             yield
 
@@ -145,7 +147,7 @@ class A1111Service:
             return self.benign_scores(prompts, locked=locked, interrupted=interrupted, progress=progress)
 
         sampler = "k-diffusion first step (t=999)"
-        return calibrate_into(key or self.model_id(), a1111.store(), scores, fpr, sampler=sampler, origin=origin)
+        return calibrate_into(key or self.model_id(), host.store(), scores, fpr, sampler=sampler, origin=origin)
 
     def benign_scores(
         self,
@@ -160,14 +162,14 @@ class A1111Service:
         host's lock held per call (``locked``); None as soon as ``interrupted()``."""
         use = self._model_in_use if locked else self._prepared
         parts = [(i, text) for i, prompt in enumerate(prompts) for text in self._subprompts(prompt)]
-        chunker = a1111.text_model()
+        chunker = host.text_model()
         groups: dict[int, list[tuple[int, str]]] = {}
         for i, text in parts:
             groups.setdefault(len(chunker.process_texts([text])[0][0]), []).append((i, text))
         batches = [g[k : k + CALIBRATION_BATCH] for g in groups.values() for k in range(0, len(g), CALIBRATION_BATCH)]
         with use(), torch.no_grad():
             x = self._noise([0])
-            eps_e = self._eps(x, a1111._empty_cond(1))
+            eps_e = self._eps(x, host.empty_cond(1))
         scores = [-math.inf] * len(prompts)
         for done, batch in enumerate(batches, 1):
             if interrupted():
@@ -189,12 +191,12 @@ class A1111Service:
                 best = (mean, text, scores, cond, x, eps_e)
         _, text, scores, cond, x, eps_e = best
 
-        tokens = a1111.host_tokens(text, prompt)
+        tokens = host_tokens(text, prompt)
 
         def eps_model(xx: torch.Tensor, crossattn: torch.Tensor) -> torch.Tensor:
-            return self._eps(xx, a1111._with_crossattn(a1111._take(cond, [0] * xx.shape[0]), crossattn))
+            return self._eps(xx, with_crossattn(take(cond, [0] * xx.shape[0]), crossattn))
 
-        empty = a1111._crossattn(a1111._empty_cond(1))
+        empty = crossattn(host.empty_cond(1))
         positions = [t.position for t in tokens.tokens]
-        values, note = significance(eps_model, x, a1111._crossattn(cond), eps_e, empty, positions)
+        values, note = significance(eps_model, x, crossattn(cond), eps_e, empty, positions)
         return result(prompt, scores, tau, **explain(tokens, values).to_dict(), note=note)

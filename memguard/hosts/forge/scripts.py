@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import a1111_scripts, forge
+from .. import forge
+from ..a1111 import scripts as a1111_scripts
 
 
 def make_scripts() -> tuple[type, type]:

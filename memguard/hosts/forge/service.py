@@ -24,11 +24,10 @@ from typing import Any
 
 import torch
 
-from ..algebra import eps_from_x0
-from ..explain import OCCLUSION_ROWS
-from . import a1111
-from .a1111_service import T_FIRST, A1111Service
-from .forge import _Model, schedule
+from ...explain import OCCLUSION_ROWS
+from ..a1111.host import native_latent
+from ..a1111.service import T_FIRST, A1111Service
+from .denoiser import ForgeDenoiser, schedule
 
 
 @dataclass
@@ -66,7 +65,7 @@ class ForgeService(A1111Service):
         except ImportError:
             return
         patcher = self._patcher()
-        shape = a1111.native_latent(self._network(), self._model())
+        shape = native_latent(self._network(), self._model())
         required = patcher.memory_required([2 * OCCLUSION_ROWS, *shape]) if hasattr(patcher, "memory_required") else 0
         memory_management.load_models_gpu([patcher], memory_required=required)
 
@@ -74,6 +73,4 @@ class ForgeService(A1111Service):
         patcher = self._patcher()
         sigma = schedule(patcher.model).sigma(torch.full((x.shape[0],), float(T_FIRST))).to(x.device)
         x_k = x * (sigma**2 + 1).sqrt().view(-1, *([1] * (x.ndim - 1)))
-        wrapped = cond if isinstance(cond, dict) else {"c_crossattn": [cond]}
-        x0 = _Model(patcher).inner_model(x_k, sigma, cond=wrapped)
-        return eps_from_x0(x_k, x0, sigma)
+        return ForgeDenoiser(patcher).eps(x_k, sigma, cond)

@@ -1,0 +1,56 @@
+"""Conditioning as the hosts hand it over: a tensor (SD1/SD2, ``n x 77k x C``) or SDXL's dict (``crossattn`` +
+``vector``), possibly with rows another extension put before the 77-token chunks."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from ...tokens import CONTEXT
+
+
+def take(cond: Any, index: list[int]) -> Any:
+    """Rows ``index`` of a tensor or of every tensor of a dict conditioning."""
+    if isinstance(cond, dict):
+        return {k: v[index] for k, v in cond.items()}
+    return cond[index]
+
+
+def prefix(context: torch.Tensor) -> int:
+    """Rows an extension put before the 77-token chunks: ControlNet (``sd-webui-controlnet/scripts/hook.py``) marks
+    every cond and uncond with one row (+-1024) that its UNet hook strips again; 0 without it."""
+    return context.shape[-2] % CONTEXT
+
+
+def crossattn(cond: Any) -> torch.Tensor:
+    """The cross-attention context of the prompt's chunks (``n x 77k x C``), any extension's prefix rows left out:
+    the positions memguard's tokens, explanation and strategies index, as the UNet's attention layers see them."""
+    context = cond["crossattn"] if isinstance(cond, dict) else cond
+    return context[..., prefix(context) :, :]
+
+
+def with_crossattn(cond: Any, tensor: torch.Tensor) -> Any:
+    """``cond`` with its prompt context replaced by ``tensor`` (its prefix rows, if any, put back in front)."""
+    context = cond["crossattn"] if isinstance(cond, dict) else cond
+    n = prefix(context)
+    if n:
+        tensor = torch.cat([context[: tensor.shape[0], :n].to(tensor.dtype), tensor], dim=-2)
+    return {**cond, "crossattn": tensor} if isinstance(cond, dict) else tensor
+
+
+def condition(cond: Any, image_cond: torch.Tensor) -> dict:
+    """The host's ``make_condition_dict`` for ordinary (non-edit, non-unCLIP) models."""
+    if isinstance(cond, dict):
+        return {**cond, "c_concat": [image_cond]}
+    return {"c_crossattn": [cond], "c_concat": [image_cond]}
+
+
+def with_rows(cond: Any, rows: dict[int, torch.Tensor]) -> Any:
+    """``cond`` with the prompt context of the given rows replaced (a new tensor; the host caches its conds)."""
+    if not rows:
+        return cond
+    tensor = crossattn(cond).clone()
+    for r, value in rows.items():
+        tensor[r] = value
+    return with_crossattn(cond, tensor)

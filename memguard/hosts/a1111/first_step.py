@@ -1,0 +1,258 @@
+"""The first sampling step of a watched or guarded generation: read the host's CFG inputs, score every image
+(Wen's ``d`` from the host's own batch where it has what is needed), explain the flagged ones on the typed words,
+and, when guarding, run the first-step flow (:func:`memguard.flow.first_step`) on them. Shared by the Forge seam,
+which feeds it Forge's predictions in A1111's batch layout through its own :class:`~memguard.hosts.denoiser.Denoiser`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from ... import strategies
+from ...detect import image_scores, row_scores, size_factor, wen_norm
+from ...explain import explain, significance
+from ...flow import FirstStep, bos_positions, first_step
+from ...mitigate.base import Case, EpsModel, Intervention
+from ...result import ImageResult
+from ..denoiser import Denoiser
+from . import host
+from .conditioning import crossattn, take, with_crossattn, with_rows
+from .denoiser import CFGDenoiserAdapter
+from .mitigation import install
+from .process import log_failure
+from .prompt_tokens import encoded_subprompt, host_tokens, keep_ids, typed_prompt
+from .run import Run, Step0, batch_offset
+
+
+def record_step0(run: Run, p: Any, params: Any) -> None:
+    """Keep the host's first-step CFG inputs (``on_cfg_denoiser``) on the run."""
+    from modules import shared
+
+    native = host.native_latent(host.unet(), shared.sd_model)
+    run.step0 = Step0(
+        x=params.x,
+        sigma=params.sigma,
+        image_cond=params.image_cond,
+        text_cond=params.text_cond,
+        text_uncond=params.text_uncond,
+        layout=host.layout(params.denoiser),
+        timesteps=host.is_timesteps(params.denoiser),
+        uncond_skipped=host.uncond_skipped(p, params.sigma),
+        size_factor=size_factor(params.x.shape, native),
+    )
+
+
+def adapter(run: Run, denoiser: Any) -> CFGDenoiserAdapter:
+    return CFGDenoiserAdapter(denoiser, run.step0.timesteps)
+
+
+def needs_reference(p: Any, step0: Step0) -> bool:
+    """Whether the host's uncond is not the empty prompt's (a negative prompt, or no uncond pass at step 0)."""
+    negatives = getattr(p, "negative_prompts", None) or [getattr(p, "negative_prompt", "")]
+    return step0.uncond_skipped or any(n.strip() for n in negatives)
+
+
+def eps_model(denoiser: Denoiser, step0: Step0, rows: list[int], base_cond: Any) -> EpsModel:
+    """``eps(x, crossattn)`` at the first step for the given batch rows (gradients allowed), the rest of ``base_cond``
+    (SDXL's pooled vector, an extension's prefix rows) kept."""
+    sigma, image_cond = step0.sigma[rows], step0.image_cond[rows]
+    base = take(base_cond, list(range(len(rows)))) if base_cond is not None else None
+
+    def eps(x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        n = x.shape[0]
+        cond = with_crossattn(take(base, list(range(n))), context) if base is not None else context
+        return denoiser.eps(x, sigma[:n], cond, image_cond[:n])
+
+    return eps
+
+
+def reference(denoiser: Denoiser, step0: Step0) -> torch.Tensor:
+    """Empty-prompt eps on the unconditional rows' inputs: one extra batch of B rows."""
+    lay = step0.layout
+    rows = list(range(lay.n_cond, lay.n_cond + lay.batch))
+    return denoiser.eps(step0.x[rows], step0.sigma[rows], host.empty_cond(lay.batch), step0.image_cond[rows])
+
+
+def score(run: Run, eps: torch.Tensor, ref: torch.Tensor | None, extra: bool, **flow: Any) -> FirstStep:
+    """Judge every image from the batch's eps (its cond rows against ``ref``, or the host's uncond rows), in
+    native-size units; keyword arguments run the rest of the first-step flow (:func:`memguard.flow.first_step`)."""
+    step0 = run.step0
+    rows = row_scores(eps, step0.layout, ref) * step0.size_factor
+    subs = [[float(rows[r]) for r, _ in image_rows] for image_rows in step0.layout.cond_rows]
+    return first_step(image_scores(rows, step0.layout), run.threshold, extra_pass=extra, sub_scores=subs, **flow)
+
+
+def watch(run: Run, p: Any, denoiser: Any, x_out: torch.Tensor) -> None:
+    """``on_cfg_denoised`` at step 0: score from the host's own outputs (plus empty-prompt rows where needed)."""
+    step0 = run.step0
+    lay = step0.layout
+    model = adapter(run, denoiser)
+    eps = step0.to_eps(step0.x[: x_out.shape[0]], x_out, step0.sigma[: x_out.shape[0]])
+    extra = needs_reference(p, step0)
+    ref = reference(model, step0) if extra else None
+    outcome = score(run, eps, ref, extra)
+    record(run, p, model, outcome, ref if ref is not None else eps[lay.n_cond : lay.n_cond + lay.batch])
+
+
+def record(run: Run, p: Any, denoiser: Denoiser, outcome: FirstStep, ref: torch.Tensor) -> None:
+    """Store an :class:`~memguard.result.ImageResult` per image (token significance for flagged images, what the
+    mitigation did) under its index in the job."""
+    step0 = run.step0
+    offset = batch_offset(p, step0.layout.batch)
+    reports = by_image(step0, outcome)
+    seeds = getattr(p, "seeds", None) or []
+    prompts = getattr(p, "prompts", None) or []
+    for i, det in enumerate(outcome.detections):
+        words, note = explained(run, p, denoiser, i, ref, det) if det.flagged and run.explain else ([], None)
+        mitigation = reports[i].to_dict() if i in reports else None
+        if mitigation is not None:
+            for key in ("score_before", "score_after"):
+                mitigation[key] = step0.judged(mitigation[key])
+        run.results[offset + i] = ImageResult(
+            index=offset + i,
+            seed=seeds[i] if i < len(seeds) else None,
+            prompt=typed_prompt(p, i) if i < len(prompts) else "",
+            score=det.score,
+            d=None if det.score is None else step0.raw(det.score),
+            threshold=det.threshold,
+            threshold_source=run.threshold_source,
+            flagged=det.flagged,
+            extra_pass=det.extra_pass,
+            reason=det.reason,
+            sub_scores=det.sub_scores,
+            words=words,
+            note=note,
+            mitigation=mitigation,
+            mitigation_error=(outcome.failed or None) if i in outcome.targets else None,
+        )
+
+
+def by_image(step0: Step0, outcome: FirstStep) -> dict[int, Any]:
+    """The intervention's reports (one per cond row) by image: each image's first row's."""
+    if outcome.intervention is None:
+        return {}
+    rows = [r for i in outcome.targets for r, _ in step0.layout.cond_rows[i]]
+    owner = step0.layout.image_of_rows()
+    reports: dict[int, Any] = {}
+    for j, r in enumerate(rows):
+        reports.setdefault(owner[r], outcome.intervention.reports[j])
+    return reports
+
+
+def explained(run: Run, p: Any, denoiser: Denoiser, i: int, ref: torch.Tensor, det: Any) -> tuple[list, str | None]:
+    """Words and note for flagged image ``i``; an explanation that fails leaves the verdict standing."""
+    if host.interrupted():
+        return [], "not explained: the generation was interrupted"
+    try:
+        return explain_image(run, p, denoiser, i, ref[i : i + 1], det.sub_scores)
+    except Exception as err:
+        log_failure(f"explaining image {i + 1}")
+        return [], f"could not explain the score: {type(err).__name__}: {err}"
+
+
+def explain_image(
+    run: Run, p: Any, denoiser: Denoiser, image: int, ref: torch.Tensor, sub_scores: list[float]
+) -> tuple[list[dict], str | None]:
+    """Token significance (``memguard.explain.significance``) for the image's strongest sub-prompt, as word dicts
+    over the typed prompt, and the note saying when it came from occlusion instead of Wen's gradient."""
+    step0 = run.step0
+    image_rows = step0.layout.cond_rows[image]
+    sub = max(range(len(image_rows)), key=lambda k: sub_scores[k] if k < len(sub_scores) else 0.0)
+    row = image_rows[sub][0]
+    cond = take(with_rows(step0.text_cond, run.mitigated_rows), [row])
+
+    def model(x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:  # n copies of this image's row
+        n = x.shape[0]
+        return eps_model(denoiser, step0, [row] * n, take(cond, [0] * n))(x, context)
+
+    tokens = host_tokens(encoded_subprompt(p, image, sub), typed_prompt(p, image))
+    empty = crossattn(host.empty_cond(1)).to(step0.x.device)
+    positions = [t.position for t in tokens.tokens]
+    values, note = significance(model, step0.x[[row]], crossattn(cond).detach().clone(), ref, empty, positions)
+    return explain(tokens, values).to_dict()["words"], note
+
+
+def mitigate(run: Run, p: Any, params: Any) -> None:
+    """``on_cfg_denoiser`` at step 0 of a guarded generation: score with one extra CFG batch, then the first-step flow
+    on the targets, whose new rows the host samples with from this call on (:func:`~.mitigation.install`)."""
+    step0 = run.step0
+    model = adapter(run, params.denoiser)
+    lay = step0.layout
+    cond_rows = list(range(lay.n_cond))
+    eps_c = eps_model(model, step0, cond_rows, step0.text_cond)(step0.x[cond_rows], crossattn(step0.text_cond))
+    ref = reference(model, step0)
+
+    def case(targets: list[int], target: float) -> Case:
+        return case_for(run, p, model, host.unet(), targets, target, eps_c, ref)
+
+    def apply(targets: list[int], built: Case, intervention: Intervention) -> int:
+        install(run, rows_of(step0, targets), built, intervention)
+        return 2  # the first step evaluated again by the host with the intervention in force
+
+    gradients = torch.is_inference_mode_enabled() is False
+    outcome = score(
+        run,
+        torch.cat([eps_c, ref]),
+        None,
+        True,
+        strategy=lambda c: strategies.build(run.strategy_name, gradients=gradients)(c),
+        force=run.force,
+        case=case,
+        apply=apply,
+        abandon=run.abandon_mitigation,
+    )
+    run.reference = ref
+    record(run, p, model, outcome, ref)
+
+
+def rows_of(step0: Step0, targets: list[int]) -> list[int]:
+    """The cond rows (every ``AND`` part) of the target images."""
+    return [r for i in targets for r, _ in step0.layout.cond_rows[i]]
+
+
+def case_for(
+    run: Run,
+    p: Any,
+    model: Denoiser,
+    network: torch.nn.Module,
+    targets: list[int],
+    target: float,
+    eps_c: torch.Tensor,
+    ref: torch.Tensor,
+) -> Case:
+    """The strategy's :class:`~memguard.mitigate.base.Case` for the target images' cond rows (A1111 and Forge):
+    ``target`` the score to get below (native-size units), ``eps_c`` the cond rows' first-step eps, ``ref`` the empty
+    prompt's per image, ``network`` the UNet to freeze."""
+    step0 = run.step0
+    lay = step0.layout
+    rows = rows_of(step0, targets)
+    owner = lay.image_of_rows()
+    context = crossattn(step0.text_cond)
+    scores = [float(wen_norm(eps_c[[r]] - ref[[owner[r]]])[0]) for r in rows]
+    return Case(
+        eps_model=eps_model(model, step0, rows, take(step0.text_cond, rows)),
+        x=step0.x[rows],
+        cond=context[rows],
+        eps_empty=ref[[owner[r] for r in rows]],
+        keep=[keep_ids(p, owner[r], r, lay) for r in rows],
+        bos=bos_positions(context.shape[1]),
+        target=step0.raw(target),
+        scores=scores,
+        interrupted=host.interrupted,
+        model=network,
+    )
+
+
+def score_after(run: Run, p: Any, x_out: torch.Tensor) -> None:
+    """``d`` of the mitigated images, read from the host's own first-step batch (which used the new conditioning)."""
+    step0 = run.step0
+    lay = step0.layout
+    eps = step0.to_eps(step0.x[: lay.n_cond], x_out[: lay.n_cond], step0.sigma[: lay.n_cond])
+    after = image_scores(wen_norm(eps - run.reference[lay.image_of_rows()]), lay)
+    offset = batch_offset(p, lay.batch)
+    for i in range(lay.batch):
+        result = run.results.get(offset + i)
+        if result is not None and result.mitigation is not None:
+            result.mitigation["score_after"] = step0.judged(after[i])
