@@ -40,8 +40,9 @@ import torch.nn.functional as F
 from common import Timer, generate, labelled, setup, table
 
 from memguard.miniature import train
-from memguard.miniature.data import caption, render_general, render_memorized, sample_labels
+from memguard.miniature.data import caption, sample_labels
 from memguard.miniature.fidelity import attribute_accuracy, copy_distance
+from memguard.miniature.images import render_general, render_memorized
 from memguard.training import FlaggedSamples, TimestepThreshold, memorization_filter, training_magnitudes
 
 LEARNING_RATE = 5e-4

@@ -19,7 +19,8 @@ import binascii
 import json
 import secrets
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from . import __version__
@@ -32,32 +33,6 @@ MAX_PROMPTS = 64
 MAX_PROMPT_CHARS = 4000
 MAX_SEEDS = 8
 MAX_CALIBRATION_PROMPTS = 2000
-
-SCHEMA = {
-    "score": {
-        "request": {
-            "prompts": f"list of 1..{MAX_PROMPTS} strings (each <= {MAX_PROMPT_CHARS} chars)",
-            "seeds": f"int 1..{MAX_SEEDS} (default 1): generations per prompt, seeds 0..n-1",
-            "explain": "bool (default false): per-word significance",
-        },
-        "response": {
-            "model": "str",
-            "threshold": "float|null",
-            "results": "list of {prompt, score, scores, flagged, threshold[, words, tokens]}",
-        },
-    },
-    "calibration": {
-        "GET": {"model": "str", "threshold": "float|null", "source": "str"},
-        "POST": {
-            "request": {
-                "fpr": "float in (0, 0.5], default 0.01",
-                "prompts": f"optional list of <= {MAX_CALIBRATION_PROMPTS} benign prompts "
-                "(default: memguard's bundled list)",
-            },
-            "response": {"threshold": "float", "fpr": "float", "n": "int"},
-        },
-    },
-}
 
 
 class BadRequest(ValueError):
@@ -129,42 +104,130 @@ async def read_body(request: Any) -> dict:
     return _body(bytes(raw))
 
 
-def _prompts(data: dict, key: str, limit: int, required: bool = True) -> list[str] | None:
-    value = data.get(key)
-    if value is None and not required:
-        return None
-    if not isinstance(value, list) or not value or not all(isinstance(p, str) for p in value):
-        raise BadRequest(f"'{key}' must be a non-empty list of strings", 422)
-    if len(value) > limit:
-        raise BadRequest(f"'{key}' has {len(value)} items; at most {limit} per request", 413)
-    long = next((i for i, p in enumerate(value) if len(p) > MAX_PROMPT_CHARS), None)
-    if long is not None:
-        raise BadRequest(f"'{key}'[{long}] is longer than {MAX_PROMPT_CHARS} characters", 413)
-    broken = next((i for i, p in enumerate(value) if not well_formed(p)), None)
-    if broken is not None:
-        raise BadRequest(f"'{key}'[{broken}] is not well-formed Unicode (an unpaired surrogate)", 422)
+def _prompt_list(key: str, limit: int) -> Callable[[Any], list[str]]:
+    def check(value: Any) -> list[str]:
+        if not isinstance(value, list) or not value or not all(isinstance(p, str) for p in value):
+            raise BadRequest(f"'{key}' must be a non-empty list of strings", 422)
+        if len(value) > limit:
+            raise BadRequest(f"'{key}' has {len(value)} items; at most {limit} per request", 413)
+        long = next((i for i, p in enumerate(value) if len(p) > MAX_PROMPT_CHARS), None)
+        if long is not None:
+            raise BadRequest(f"'{key}'[{long}] is longer than {MAX_PROMPT_CHARS} characters", 413)
+        broken = next((i for i, p in enumerate(value) if not well_formed(p)), None)
+        if broken is not None:
+            raise BadRequest(f"'{key}'[{broken}] is not well-formed Unicode (an unpaired surrogate)", 422)
+        return value
+
+    return check
+
+
+def _optional(check: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """``check``, with null accepted as 'not given'."""
+    return lambda value: None if value is None else check(value)
+
+
+def _seeds(value: Any) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= MAX_SEEDS:
+        raise BadRequest(f"'seeds' must be an integer from 1 to {MAX_SEEDS}", 422)
     return value
 
 
-def score_request(service: Service, data: dict) -> dict:
-    prompts = _prompts(data, "prompts", MAX_PROMPTS)
-    seeds = data.get("seeds", 1)
-    if not isinstance(seeds, int) or isinstance(seeds, bool) or not 1 <= seeds <= MAX_SEEDS:
-        raise BadRequest(f"'seeds' must be an integer from 1 to {MAX_SEEDS}", 422)
-    explain = data.get("explain", False)
-    if not isinstance(explain, bool):
+def _explain(value: Any) -> bool:
+    if not isinstance(value, bool):
         raise BadRequest("'explain' must be true or false", 422)
-    seed_list = list(range(seeds))
-    results = [service.analyze(p, seed_list) for p in prompts] if explain else service.audit(prompts, seed_list)
+    return value
+
+
+def _fpr(value: Any) -> float:
+    if not isinstance(value, int | float) or isinstance(value, bool) or not 0 < value <= 0.5:
+        raise BadRequest("'fpr' must be a number in (0, 0.5]", 422)
+    return float(value)
+
+
+REQUIRED = object()
+
+
+@dataclass(frozen=True)
+class Field:
+    """One field of a request body: what the schema says about it, its check (the parsed value, or
+    :class:`BadRequest`), and its default (:data:`REQUIRED`: none)."""
+
+    name: str
+    doc: str
+    check: Callable[[Any], Any]
+    default: Any = REQUIRED
+
+
+SCORE = (
+    Field(
+        "prompts",
+        f"list of 1..{MAX_PROMPTS} strings (each <= {MAX_PROMPT_CHARS} chars)",
+        _prompt_list("prompts", MAX_PROMPTS),
+    ),
+    Field("seeds", f"int 1..{MAX_SEEDS} (default 1): generations per prompt, seeds 0..n-1", _seeds, 1),
+    Field("explain", "bool (default false): per-word significance", _explain, False),
+)
+CALIBRATION = (
+    Field("fpr", "float in (0, 0.5], default 0.01", _fpr, 0.01),
+    Field(
+        "prompts",
+        f"optional list of <= {MAX_CALIBRATION_PROMPTS} benign prompts (default: memguard's bundled list)",
+        _optional(_prompt_list("prompts", MAX_CALIBRATION_PROMPTS)),
+        None,
+    ),
+)
+
+
+def parse(fields: Sequence[Field], data: dict) -> dict[str, Any]:
+    """The request's fields, checked, defaults filled in for those not sent."""
+    out = {}
+    for field in fields:
+        if field.name not in data and field.default is not REQUIRED:
+            out[field.name] = field.default
+        else:
+            out[field.name] = field.check(data.get(field.name))
+    return out
+
+
+def schema() -> dict:
+    """What ``GET /schema`` answers: the request fields from the tables the validators use, the responses, and the
+    per-request options a txt2img request can give memguard (``hosts.request.FIELDS``)."""
+    from .hosts.request import FIELDS as OPTIONS
+
+    def request(fields: Sequence[Field]) -> dict:
+        return {f.name: f.doc for f in fields}
+
+    return {
+        "score": {
+            "request": request(SCORE),
+            "response": {
+                "model": "str",
+                "threshold": "float|null",
+                "results": "list of {prompt, score, scores, flagged, threshold[, words, tokens]}",
+            },
+        },
+        "calibration": {
+            "GET": {"model": "str", "threshold": "float|null", "source": "str"},
+            "POST": {"request": request(CALIBRATION), "response": {"threshold": "float", "fpr": "float", "n": "int"}},
+        },
+        "txt2img": {
+            "alwayson_scripts": {"memguard": {"args": [{name: doc for name, (_, doc) in OPTIONS.items()}]}},
+            "info": "extra_generation_params.memguard: {version, payload, results: [...], errors, source, notices}",
+        },
+    }
+
+
+def score_request(service: Service, data: dict) -> dict:
+    fields = parse(SCORE, data)
+    seeds = list(range(fields["seeds"]))
+    prompts = fields["prompts"]
+    results = [service.analyze(p, seeds) for p in prompts] if fields["explain"] else service.audit(prompts, seeds)
     return {"model": service.model_id(), "threshold": service.threshold(), "results": results}
 
 
 def calibration_request(service: Service, data: dict) -> dict:
-    fpr = data.get("fpr", 0.01)
-    if not isinstance(fpr, (int, float)) or isinstance(fpr, bool) or not 0 < fpr <= 0.5:
-        raise BadRequest("'fpr' must be a number in (0, 0.5]", 422)
-    prompts = _prompts(data, "prompts", MAX_CALIBRATION_PROMPTS, required=False) or benign_prompts()
-    result = service.calibrate(prompts, float(fpr))
+    fields = parse(CALIBRATION, data)
+    result = service.calibrate(fields["prompts"] or benign_prompts(), fields["fpr"])
     return {"model": service.model_id(), "threshold": result["threshold"], "fpr": result["fpr"], "n": result["n"]}
 
 
@@ -199,8 +262,8 @@ def register_routes(app: Any, service_factory: Callable[[], Service], api_auth: 
     def version(service: Service, _data: dict) -> dict:
         return {"version": __version__, "model": service.model_id()}
 
-    def schema(_service: Service, _data: dict) -> dict:
-        return SCHEMA
+    def schema_request(_service: Service, _data: dict) -> dict:
+        return schema()
 
     def calibration(service: Service, _data: dict) -> dict:
         return {"model": service.model_id(), "threshold": service.threshold(), "source": service.threshold_source()}
@@ -230,7 +293,7 @@ def register_routes(app: Any, service_factory: Callable[[], Service], api_auth: 
 
     app.add_api_route(f"{PREFIX}/panel", panel, methods=["POST"])
     app.add_api_route(f"{PREFIX}/version", guarded(version, False), methods=["GET"])
-    app.add_api_route(f"{PREFIX}/schema", guarded(schema, False), methods=["GET"])
+    app.add_api_route(f"{PREFIX}/schema", guarded(schema_request, False), methods=["GET"])
     app.add_api_route(f"{PREFIX}/score", guarded(score_request, True), methods=["POST"])
     app.add_api_route(f"{PREFIX}/calibration", guarded(calibration, False), methods=["GET"])
     app.add_api_route(f"{PREFIX}/calibration", guarded(calibration_request, True), methods=["POST"])

@@ -27,7 +27,8 @@ from torch import Tensor
 
 from ..tokens import CONTEXT, VOCAB_SIZE, load_tokenizer, write_tokenizer_files
 from . import MODEL_DIR
-from .data import ATTRIBUTES, IMAGE_SIZE, MiniatureData, build, distinctive_words
+from .data import ATTRIBUTES, IMAGE_SIZE, distinctive_words
+from .dataset import MiniatureData, build
 from .fidelity import CLASSIFIER_CONFIG, CLASSIFIER_WEIGHTS, AttributeClassifier
 
 STEPS_PER_MINUTE = 260
