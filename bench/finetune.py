@@ -92,8 +92,8 @@ def finetune(
     flagged: FlaggedSamples | None = None,
     keys: list | None = None,
 ):
-    """The training loop of the README's example: epsilon loss, caption dropout, the filter when ``threshold``, per
-    sample (``flagged``, samples keyed by ``keys``) when given."""
+    """The training loop of docs/fine-tuning.md's example: epsilon loss, caption dropout, the filter when
+    ``threshold``, per sample (``flagged``, samples keyed by ``keys``) when given."""
     from diffusers import DDPMScheduler
 
     torch.manual_seed(seed)

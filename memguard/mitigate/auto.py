@@ -4,7 +4,7 @@ With gradients available (the command line, A1111), Wen et al.'s embedding optim
 then Jain et al.'s delayed guidance on the optimized conditioning; without gradients (Forge samples under
 ``torch.inference_mode``), Ren et al.'s attention edit with delayed guidance. When the optimization stops with an
 image still above the threshold (its iteration budget spent), the attention edit is added as the next step. The
-knobs were chosen on the miniature model's trade-off curves (``bench/mitigation.py``; README, Results).
+knobs were chosen on the miniature model's trade-off curves (``bench/mitigation.py``; docs/benchmarks.md, Mitigation).
 """
 
 from __future__ import annotations
