@@ -54,6 +54,12 @@ test-hosts: $(addprefix test-,$(HOSTS))
 $(addprefix test-,$(HOSTS)): test-%: .venv-%/.installed
 	MEMGUARD_HOST_STACK=$* .venv-$*/bin/python -m pytest -q -m host_stack -p no:cacheprovider
 
+# Everything a release needs to pass: lint, formatting, types (not yet part of `make test`).
+lint: $(VENV)/.installed
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+	$(PY) -m mypy memguard
+
 bench: $(VENV)/.installed
 	$(PY) bench/cost.py
 	$(PY) bench/detection.py

@@ -21,10 +21,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from memguard.miniature.train import DDIM_CONFIG  # noqa: E402
-from memguard.mitigate import Attention, Embedding, Guidance  # noqa: E402
-from memguard.pipeline import Model, explain_prompt, sample, score  # noqa: E402
-from memguard.tokens import load_tokenizer  # noqa: E402
+from memguard.miniature.train import DDIM_CONFIG
+from memguard.mitigate import Attention, Embedding, Guidance
+from memguard.pipeline import Model, explain_prompt, sample, score
+from memguard.tokens import load_tokenizer
 
 PROMPT = "a watercolor painting of a lighthouse on a cliff at dusk"
 SCHEDULER = DDIM_CONFIG  # SD1's DDIM configuration

@@ -25,9 +25,9 @@ from common import ROOT, table
 
 sys.path.insert(0, str(ROOT / "tests"))
 
-import fakehost  # noqa: E402
-import generation_mix  # noqa: E402
-from tiny_model import build_tiny_model  # noqa: E402
+import fakehost
+import generation_mix
+from tiny_model import build_tiny_model
 
 
 def main() -> None:

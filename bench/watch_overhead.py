@@ -18,7 +18,7 @@ from common import MODEL_DIR, ROOT, table
 
 sys.path.insert(0, str(ROOT / "tests"))
 
-import fakehost  # noqa: E402
+import fakehost
 
 
 def main() -> None:

@@ -60,6 +60,12 @@ class Entry:
 COLUMNS = [f.name for f in fields(Entry)]
 
 
+def _present(value: str | None) -> str:
+    """A field every usable entry (``error is None``) has: its caption, and its hashes once :func:`hash_images` ran."""
+    assert value is not None
+    return value
+
+
 def read_caption(path: Path) -> tuple[str | None, str | None]:
     """``(caption, None)`` or ``(None, "kind: detail")``: missing, unreadable, not UTF-8 (reported and skipped, not
     guessed), or empty. A UTF-8 byte-order mark is accepted; surrounding whitespace is dropped."""
@@ -104,7 +110,7 @@ def hash_images(entries: list[Entry], root: Path, progress: Callable[[int], None
                 with Image.open(root / entry.file) as image:
                     image.load()
                     entry.dhash, entry.phash = f"{dhash(image):016x}", f"{phash(image):016x}"
-            except Exception as err:  # noqa: BLE001 - any decoder failure is a per-file problem, never fatal
+            except Exception as err:  # any decoder failure is a per-file problem, never fatal
                 entry.error = f"unreadable image: {type(err).__name__}: {err}"
         progress(1)
 
@@ -140,7 +146,8 @@ def _label(entries: list[Entry], labels: list[int]) -> tuple[list[int], list[int
 def group_images(entries: list[Entry], max_distance: int = 10) -> None:
     """Set ``image_group`` (None when unique) and ``image_group_size`` from near-duplicate hash pairs."""
     usable = [e for e in entries if e.error is None]
-    pairs = near_duplicate_pairs([int(e.dhash, 16) for e in usable], [int(e.phash, 16) for e in usable], max_distance)
+    dhashes = [int(_present(e.dhash), 16) for e in usable]
+    pairs = near_duplicate_pairs(dhashes, [int(_present(e.phash), 16) for e in usable], max_distance)
     numbers, sizes = _label(usable, components(len(usable), pairs))
     for entry, number, size in zip(usable, numbers, sizes):
         entry.image_group, entry.image_group_size = number or None, size
@@ -177,7 +184,7 @@ def similar_pairs(texts: list[str], jaccard: float) -> list[tuple[int, int]]:
 def group_captions(entries: list[Entry], jaccard: float = 0.8) -> None:
     """Set ``caption_copies`` (same normalized text) and ``caption_group``/``caption_group_size`` (near-duplicates)."""
     usable = [e for e in entries if e.error is None]
-    normalized = [normalize_caption(e.caption) for e in usable]
+    normalized = [normalize_caption(_present(e.caption)) for e in usable]
     copies = Counter(normalized)
     distinct = list(dict.fromkeys(normalized))
     position = {text: k for k, text in enumerate(distinct)}
@@ -192,14 +199,14 @@ def score_captions(model, entries: list[Entry], seeds: Sequence[int], threshold:
     from .pipeline import score_prompts
 
     usable = [e for e in entries if e.error is None]
-    captions = list(dict.fromkeys(e.caption for e in usable))
+    captions = list(dict.fromkeys(_present(e.caption) for e in usable))
     per_caption = score_prompts(model, captions, seeds, threshold=threshold, **kwargs)
     means = {}
     for text, detections in zip(captions, per_caption):
         finite = [d.score for d in detections if d.score is not None and math.isfinite(d.score)]
         means[text] = sum(finite) / len(finite) if finite else None
     for entry in usable:
-        entry.score = means[entry.caption]
+        entry.score = means[_present(entry.caption)]
         entry.flagged = bool(entry.score is not None and threshold is not None and entry.score > threshold)
 
 
@@ -217,7 +224,7 @@ def summarize(entries: list[Entry]) -> dict:
     good = [e for e in entries if e.error is None]
     image_groups = Counter(e.image_group for e in good if e.image_group)
     caption_groups = Counter(e.caption_group for e in good if e.caption_group)
-    exact = Counter(normalize_caption(e.caption) for e in good)
+    exact = Counter(normalize_caption(_present(e.caption)) for e in good)
     return {
         "files": len(entries),
         "usable": len(good),

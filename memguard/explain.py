@@ -137,12 +137,12 @@ class Explanation:
         groups: list[list[TokenScore]] = []
         for t in self.tokens:
             prev = groups[-1][-1] if groups else None
-            spanned = prev is not None and prev.start >= 0 and t.start >= 0
-            touching = spanned and t.start == prev.end and t.text[:1].isalnum() and prev.text[-1:].isalnum()
-            if spanned and (t.start < prev.end or touching):
-                groups[-1].append(t)
-            else:
-                groups.append([t])
+            if prev is not None and prev.start >= 0 and t.start >= 0:
+                touching = t.start == prev.end and t.text[:1].isalnum() and prev.text[-1:].isalnum()
+                if t.start < prev.end or touching:
+                    groups[-1].append(t)
+                    continue
+            groups.append([t])
         out = []
         for g in groups:
             best = max(g, key=lambda t: t.value)

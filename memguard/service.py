@@ -12,9 +12,12 @@ import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from .calibrate import Calibration, CalibrationStore
+
+if TYPE_CHECKING:
+    from .pipeline import Model
 
 BENIGN_PROMPTS = Path(__file__).parent / "data" / "benign_prompts.txt"
 
@@ -88,7 +91,7 @@ def calibrate_into(
 class PipelineService:
     """:class:`Service` over a :class:`memguard.pipeline.Model` and a calibration store."""
 
-    model: object
+    model: Model
     store: CalibrationStore
     steps: int = 50
     guidance: float = 7.5
@@ -126,4 +129,6 @@ class PipelineService:
         def benign_scores() -> list[float]:
             return [r["score"] for r in self.audit(prompts, [0])]
 
-        return calibrate_into(self.model_id(), self.store, benign_scores, fpr)
+        calibrated = calibrate_into(self.model_id(), self.store, benign_scores, fpr)
+        assert calibrated is not None  # None only when benign_scores is interrupted, which this one never is
+        return calibrated

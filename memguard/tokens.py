@@ -91,7 +91,7 @@ def load_tokenizer(directory: Path | None = None):
     4.46 (Forge) and 5.x share. Without a folder the vocabulary is written from open-clip-torch's merges file to a
     temporary folder first (:func:`write_tokenizer_files`).
     """
-    from transformers import CLIPTokenizerFast
+    from transformers import CLIPTokenizerFast  # type: ignore[attr-defined]  # transformers 5: a lazy alias of CLIPTokenizer
 
     if directory is not None:
         tokenizer = CLIPTokenizerFast.from_pretrained(str(directory), local_files_only=True)

@@ -8,12 +8,12 @@ import threading
 import pytest
 
 pytest.importorskip("fastapi")
-from fastapi import FastAPI  # noqa: E402
-from fastapi.testclient import TestClient  # noqa: E402
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
 
-from memguard.api import MAX_PROMPT_CHARS, MAX_PROMPTS, PREFIX, register_routes  # noqa: E402
-from memguard.calibrate import CalibrationStore  # noqa: E402
-from memguard.service import PipelineService  # noqa: E402
+from memguard.api import MAX_PROMPT_CHARS, MAX_PROMPTS, PREFIX, register_routes
+from memguard.calibrate import CalibrationStore
+from memguard.service import PipelineService
 
 ROUTES = [("get", "version"), ("get", "schema"), ("post", "score"), ("get", "calibration"), ("post", "calibration")]
 

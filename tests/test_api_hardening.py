@@ -15,23 +15,23 @@ from collections.abc import Iterator
 import pytest
 
 pytest.importorskip("fastapi")
-import httpx  # noqa: E402
-import uvicorn  # noqa: E402
-from fastapi import FastAPI  # noqa: E402
-from hostile_prompts import INJECTIONS, examples  # noqa: E402
-from hypothesis import HealthCheck, example, given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
+import httpx
+import uvicorn
+from fastapi import FastAPI
+from hostile_prompts import INJECTIONS, examples
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
 
-from memguard.api import (  # noqa: E402
+from memguard.api import (
     MAX_BODY,
     MAX_CALIBRATION_PROMPTS,
     MAX_PROMPT_CHARS,
     MAX_PROMPTS,
     PREFIX,
-    register_routes,  # noqa: E402
+    register_routes,
 )
-from memguard.calibrate import CalibrationStore  # noqa: E402
-from memguard.service import PipelineService  # noqa: E402
+from memguard.calibrate import CalibrationStore
+from memguard.service import PipelineService
 
 AUTH = "alice:s3cret,bob:pw:with:colons"
 TIMEOUT_S = 60  # a hang fails the test instead of the suite

@@ -20,10 +20,10 @@ from memguard.service import PipelineService
 from memguard.ui import actions
 
 pytest.importorskip("fastapi")
-from fastapi import FastAPI  # noqa: E402
-from fastapi.testclient import TestClient  # noqa: E402
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
 
-from memguard.api import PREFIX, register_routes  # noqa: E402
+from memguard.api import PREFIX, register_routes
 
 ROOT = Path(__file__).resolve().parents[1]
 PANEL_TAGS = {"div", "span", "p", "b", "ul", "li", "table", "thead", "tbody", "tr", "th", "td"}

@@ -260,7 +260,7 @@ def test_unusable_prompt_files_say_why(tmp_path, content, fragment):
 
 
 def test_missing_file_says_so(tmp_path):
-    with pytest.raises(PromptFileError, match="cannot read missing.txt"):
+    with pytest.raises(PromptFileError, match=r"cannot read missing\.txt"):
         read_prompt_file(tmp_path / "missing.txt")
 
 

@@ -148,7 +148,7 @@ def test_audit_without_a_file_explains(tab):
 
 
 class _Slow(http.server.BaseHTTPRequestHandler):
-    def do_POST(self):  # noqa: N802 (http.server's name)
+    def do_POST(self):  # http.server's name
         time.sleep(0.3)
         self.send_response(200)
         self.end_headers()

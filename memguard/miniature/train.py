@@ -19,6 +19,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -206,7 +207,7 @@ def train_classifier(data: MiniatureData, seed: int, epochs: int = 5, held_out: 
     for _ in range(epochs):
         for pairs in torch.randperm(len(train_x), generator=generator).split(256):
             logits = model(_augment(train_x[pairs], generator))
-            loss = sum(F.cross_entropy(logits[a], train_y[pairs, k]) for k, a in enumerate(classes))
+            loss = cast(Tensor, sum(F.cross_entropy(logits[a], train_y[pairs, k]) for k, a in enumerate(classes)))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -300,7 +301,7 @@ def write_prompts(out: Path, data: MiniatureData, references: list[str], layout:
     _write_lines(folder / "template.txt", data.template)
     _write_lines(folder / "general_train.txt", data.general_train_sample)
     _write_lines(folder / "general_heldout.txt", data.general_heldout)
-    rows = [
+    rows: list[dict[str, Any]] = [
         {"prompt": p, "label": "memorized", "distinctive": distinctive_words(p), "reference": r}
         for p, r in zip(data.verbatim, references)
     ]

@@ -55,7 +55,7 @@ def seeds_from_count(count: float | int | None) -> list[int]:
     """Seeds ``0 .. count-1`` for a seed count typed in a number box (1 to :data:`MAX_SEEDS`)."""
     if count is None or (isinstance(count, float) and not math.isfinite(count)):
         raise UserError("Enter how many seeds to score (1 to 16).")
-    n = int(round(float(count)))
+    n = round(float(count))
     if not 1 <= n <= MAX_SEEDS:
         raise UserError(f"The number of seeds must be between 1 and {MAX_SEEDS}, not {n}.")
     return list(range(n))

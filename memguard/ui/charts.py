@@ -88,8 +88,10 @@ def _threshold_line(threshold: float | None, low: float, high: float) -> list[st
     x = _x(threshold, low, high)
     return [
         f'<line class="memguard-hist-threshold" x1="{x:.1f}" y1="{TOP - 6}" x2="{x:.1f}" y2="{HEIGHT - BOTTOM}"/>',
-        f'<text class="memguard-hist-label memguard-hist-threshold-label" x="{x + 3:.1f}" y="{TOP - 6}">'
-        f"threshold {fmt(threshold)}</text>",
+        (
+            f'<text class="memguard-hist-label memguard-hist-threshold-label" x="{x + 3:.1f}" y="{TOP - 6}">'
+            f"threshold {fmt(threshold)}</text>"
+        ),
     ]
 
 
@@ -101,8 +103,10 @@ def histogram_svg(
     low, high, counts = bin_scores(finite, bins, include=[threshold] if finite else [])
     label = title or f"Histogram of {len(finite)} scores"
     parts = [
-        f'<svg class="memguard-hist" viewBox="0 0 {WIDTH} {HEIGHT}" role="img" aria-label="{esc(label)}" '
-        'xmlns="http://www.w3.org/2000/svg">',
+        (
+            f'<svg class="memguard-hist" viewBox="0 0 {WIDTH} {HEIGHT}" role="img" aria-label="{esc(label)}" '
+            'xmlns="http://www.w3.org/2000/svg">'
+        ),
         f"<title>{esc(label)}</title>",
         *_bars(low, high, counts, threshold),
         *_axes(low, high, max(counts) if counts else 0),

@@ -33,4 +33,5 @@ def listen(listener: Callable[..., Any], fn: Callable[..., Any] | None, inputs: 
 
 def component_kwargs(cls: type, **kw: Any) -> dict[str, Any]:
     """The constructor options ``cls`` accepts (``max_rows`` exists on gradio 3's Dataframe only, say)."""
-    return {k: v for k, v in kw.items() if accepts(cls.__init__, k)}
+    init = cls.__init__  # type: ignore[misc]  # the class's own constructor, as gradio defines it
+    return {k: v for k, v in kw.items() if accepts(init, k)}

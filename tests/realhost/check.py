@@ -168,7 +168,7 @@ def host_python_info(python: str) -> dict:
         "import sys; out['python'] = sys.version.split()[0]\n"
         "print(json.dumps(out))\n"
     )
-    done = subprocess.run([python, "-c", code], capture_output=True, text=True, timeout=180)
+    done = subprocess.run([python, "-c", code], capture_output=True, text=True, timeout=180, check=False)
     if done.returncode:
         raise RuntimeError(f"{python} cannot report its packages: {done.stderr[-800:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -176,7 +176,9 @@ def host_python_info(python: str) -> dict:
 
 def git_head(path: Path) -> str:
     try:
-        done = subprocess.run(["git", "-C", str(path), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=30)
+        done = subprocess.run(
+            ["git", "-C", str(path), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=30, check=False
+        )
         return done.stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return ""
@@ -433,7 +435,10 @@ class Run:
             "memguard_dirty": bool(
                 not args.memguard_commit
                 and subprocess.run(
-                    ["git", "-C", str(args.memguard), "status", "--porcelain"], capture_output=True, text=True
+                    ["git", "-C", str(args.memguard), "status", "--porcelain"],
+                    capture_output=True,
+                    text=True,
+                    check=False,
                 ).stdout.strip()
             ),
             "python": args.python,
@@ -579,7 +584,7 @@ class Run:
                 "--out",
                 str(cached),
             ]
-            done = subprocess.run(command, capture_output=True, text=True, timeout=1800)
+            done = subprocess.run(command, capture_output=True, text=True, timeout=1800, check=False)
             if done.returncode:
                 raise CheckFailed(f"make_checkpoint.py failed: {(done.stderr or done.stdout)[-1500:]}")
             made = done.stdout.strip().splitlines()[-1]
@@ -1121,7 +1126,7 @@ class Run:
             raise Skipped(f"playwright is not importable in {sys.executable} ({err})") from err
         if not CHROMIUM.exists():
             if os.geteuid() == 0 and shutil.which("apt-get"):
-                subprocess.run(["apt-get", "install", "-y", "chromium"], capture_output=True, timeout=900)
+                subprocess.run(["apt-get", "install", "-y", "chromium"], capture_output=True, timeout=900, check=False)
             if not CHROMIUM.exists():
                 raise Skipped(f"{CHROMIUM} is missing (apt-get install -y chromium)")
         with sync_playwright() as pw:

@@ -343,7 +343,7 @@ class StableDiffusionProcessing:
         return (
             opts.samples_save
             and not self.do_not_save_samples
-            and (opts.save_incomplete_images or not state.interrupted and not state.skipped)
+            and (opts.save_incomplete_images or (not state.interrupted and not state.skipped))
         )
 
 

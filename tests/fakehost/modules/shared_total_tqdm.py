@@ -16,7 +16,7 @@ class TotalTQDM:
     def update(self) -> None:
         self.count += 1
 
-    def updateTotal(self, new_total: int) -> None:  # noqa: N802 - host name
+    def updateTotal(self, new_total: int) -> None:  # the host's name
         self.total = new_total
 
     def clear(self) -> None:

@@ -128,7 +128,7 @@ class Api:
                     )
                 if "args" in request.alwayson_scripts[name]:
                     given = request.alwayson_scripts[name]["args"]
-                    for idx in range(0, min(script.args_to - script.args_from, len(given))):
+                    for idx in range(min(script.args_to - script.args_from, len(given))):
                         script_args[script.args_from + idx] = given[idx]
         return script_args
 
