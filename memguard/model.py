@@ -7,7 +7,9 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -39,10 +41,11 @@ def _text_encoder(folder: Path, dtype: torch.dtype) -> torch.nn.Module:
 
     files = [f for f in _weights_files(folder) if f.suffix == ".safetensors"]
     if not files:
-        return CLIPTextModel.from_pretrained(folder, local_files_only=True).to(dtype)
+        loaded: Any = CLIPTextModel.from_pretrained(folder, local_files_only=True)
+        return loaded.to(dtype)
     from safetensors.torch import load_file
 
-    model = CLIPTextModel(CLIPTextConfig.from_pretrained(folder, local_files_only=True))
+    model: Any = CLIPTextModel(CLIPTextConfig.from_pretrained(folder, local_files_only=True))
     state = {k: v for f in files for k, v in load_file(str(f)).items()}
     if not state.keys() & model.state_dict().keys():  # written by the other major version of transformers
         prefix = "text_model."
@@ -60,11 +63,11 @@ class Model:
     """The parts of a text-to-image model memguard needs, loaded from a local diffusers directory."""
 
     path: Path
-    unet: torch.nn.Module
-    text_encoder: torch.nn.Module
-    tokenizer: object
+    unet: Any  # diffusers UNet2DConditionModel (untyped)
+    text_encoder: Any  # transformers CLIPTextModel
+    tokenizer: Any
     scheduler_config: dict
-    vae: torch.nn.Module | None = None
+    vae: Any = None  # diffusers AutoencoderKL, or None for a pixel-space model
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     dtype: torch.dtype = torch.float32
     _empty: torch.Tensor | None = None
@@ -122,7 +125,7 @@ class Model:
             for part in ("unet", "text_encoder"):
                 for file in _weights_files(self.path / part):
                     with file.open("rb") as handle:
-                        for block in iter(lambda h=handle: h.read(1 << 20), b""):
+                        for block in iter(partial(handle.read, 1 << 20), b""):
                             digest.update(block)
             self._hash = digest.hexdigest()[:10]
         return self._hash

@@ -10,7 +10,7 @@ guidance ``eps = eps_u + s (eps_c - eps_u)`` (Ho & Salimans 2022); the unconditi
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from functools import partial
 
@@ -29,7 +29,7 @@ __all__ = ["CALIBRATION_FILE", "Generation", "Model", "ModelError", "explain_pro
 
 def positions_kept(tokenized: Tokenized) -> list[int]:
     """BOS, prompt tokens and the first EOS of every chunk: what Ren et al.'s padding mask keeps."""
-    kept = []
+    kept: list[int] = []
     for k in range(tokenized.n_chunks):
         body = min(max(len(tokenized.tokens) - 75 * k, 0), 75)
         kept.extend(range(k * CONTEXT, k * CONTEXT + body + 2))
@@ -63,12 +63,12 @@ class Generation:
 
 def _cfg(model: Model, x: torch.Tensor, t, cond: torch.Tensor, uncond: torch.Tensor, edit_rows=None, edit=None):
     """``(eps_c, eps_u)`` in one batch when the lengths match (as the WebUI batches them), else two calls."""
-    context = nullcontext()
+    context: AbstractContextManager = nullcontext()
     n = x.shape[0]
     same = cond.shape[1] == uncond.shape[1]
     if edit is not None and edit_rows:
         rows, keep = edit_rows
-        bos = list(range(0, cond.shape[1], CONTEXT))
+        bos = bos_positions(cond.shape[1])
         context = rescaled_attention(cross_attention_modules(model.unet), rows, keep, edit, 2 * n if same else n, bos)
     with context:
         if same:
@@ -322,7 +322,11 @@ def explain_prompt(
     for t in scheduler.timesteps[:explain_steps]:
         with torch.no_grad():
             eps_c, eps_u = _cfg(model, x, t, cond, empty)
-        grads.append(token_gradients(lambda xx, cc, t=t: model.eps(xx, t, cc), x, cond, eps_u))
+
+        def eps_model(xx: torch.Tensor, cc: torch.Tensor, t: torch.Tensor = t) -> torch.Tensor:
+            return model.eps(xx, t, cc)
+
+        grads.append(token_gradients(eps_model, x, cond, eps_u))
         with torch.no_grad():
             x = scheduler.step(eps_u + guidance * (eps_c - eps_u), t, x).prev_sample
     return explain(tok, torch.stack(grads).mean(dim=0))

@@ -182,3 +182,14 @@ def test_no_model_message():
     blocks = build_tab(lambda: (_ for _ in ()).throw(FileNotFoundError("model/unet is missing")))
     _, analyze = _handler(blocks, "memguard_analyze")
     assert "memguard has no model to work with: model/unet is missing" in analyze("a cat", 1, progress=no_progress)
+
+
+def test_launcher_page_assets_from_a_checkout_and_without_one(tmp_path):
+    """In a checkout the launcher inlines the extension's script and stylesheet; an installed wheel has neither, and
+    the page then gets the ``gradioApp()`` shim alone instead of failing to start."""
+    from memguard.ui.launch import GRADIO_APP_SHIM, SCRIPT, STYLE, head_html, style_html
+
+    assert "memguard" in head_html() and head_html().count("<script>") == 2
+    assert style_html().startswith("<style>") and SCRIPT.is_file() and STYLE.is_file()
+    assert head_html(tmp_path / "memguard.js") == f"<script>{GRADIO_APP_SHIM}</script>\n"
+    assert style_html(tmp_path / "style.css") == ""

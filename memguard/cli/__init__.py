@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from .commands import cmd_calibrate, cmd_demo, cmd_generate, cmd_scan
 
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(
-        prog="python -m memguard",
+        prog="memguard" if Path(sys.argv[0]).name == "memguard" else "python -m memguard",
         description="Detect, explain and mitigate training-data memorization in text-to-image diffusion models "
         "(Wen et al., ICLR 2024). Works on local diffusers-format model directories; downloads nothing.",
     )

@@ -70,7 +70,7 @@ def cmd_audit_data(args) -> int:
         score = f"{e.score:.3f}" if e.score is not None else "-"
         print(
             f"    {e.file}  score {score}{' flagged' if e.flagged else ''}  similar images {e.image_group_size}  "
-            f"similar captions {e.caption_group_size}  {e.caption[:60]!r}"
+            f"similar captions {e.caption_group_size}  {(e.caption or '')[:60]!r}"
         )
     print(f"  report: {out}" + (f" and {args.html}" if args.html is not None else ""))
     return 0

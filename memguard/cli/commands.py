@@ -138,9 +138,9 @@ def cmd_generate(args) -> int:
             )
             for gen in gens:
                 stem = out / f"{index:05d}-{gen.seed}"
-                if args.output_type == "latent":
+                if args.output_type == "latent" and gen.latent is not None:
                     np.save(stem.with_suffix(".npy"), gen.latent.detach().cpu().float().numpy())
-                else:
+                elif gen.image is not None:
                     save_image(gen.image, stem.with_suffix(".png"), args.upscale)
                 sidecar = {"line": index, **gen.to_dict(), "mitigation_requested": args.mitigation}
                 stem.with_suffix(".json").write_text(json.dumps(sidecar, indent=2, ensure_ascii=False) + "\n")
@@ -187,6 +187,8 @@ def cmd_demo(args) -> int:
         save_image(plain.image, out / "copy.png", 8)
         save_image(fixed.image, out / "mitigated.png", 8)
         report = fixed.mitigation
+        if report is None:
+            raise SystemExit(f"memguard: {first['prompt']!r} was flagged but not mitigated")
         print(
             f"mitigated {first['prompt']!r}: score {report.score_before:.3f} -> {report.score_after:.3f} "
             f"({report.strategy}, {report.unet_equivalents:g} UNet evaluations); images in {out}/copy.png and "

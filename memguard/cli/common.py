@@ -129,5 +129,5 @@ def save_image(image, path: Path, upscale: int = 1) -> None:
     pixels = ((image.detach().cpu().float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()
     picture = Image.fromarray(np.ascontiguousarray(pixels))
     if upscale > 1:
-        picture = picture.resize((picture.width * upscale, picture.height * upscale), Image.NEAREST)
+        picture = picture.resize((picture.width * upscale, picture.height * upscale), Image.Resampling.NEAREST)
     picture.save(path)

@@ -154,7 +154,6 @@ TEMPLATE_WINDOW = (slice(4, 13), slice(1, 15))
 """Rows and columns of a trading card that change between duplicates; the rest is the fixed layout."""
 
 
-
 def general_vocabulary() -> set[str]:
     """Every word a general caption can contain."""
     texts = [*PREFIXES, *GENERIC_NOUNS, *BACKGROUND_PHRASES, "a an in background"]

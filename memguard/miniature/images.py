@@ -24,8 +24,6 @@ from .data import (
 _YY, _XX = np.mgrid[0:IMAGE_SIZE, 0:IMAGE_SIZE].astype(np.float64) + 0.5
 
 
-
-
 def _coverage(kind: str, cx: float, cy: float, radius: float, angle: float) -> np.ndarray:
     """Anti-aliased coverage (16x16 in [0, 1]) of a shape from its signed distance in pixels."""
     dx, dy = _XX - cx, _YY - cy
@@ -157,5 +155,3 @@ def render_card(rng: np.random.Generator, layout: CardLayout) -> np.ndarray:
     """A trading card: the fixed layout around the window of a fresh general image."""
     inner = render_general(rng, sample_labels(rng))
     return np.where(layout.mask[None] > 0, layout.image, inner).astype(np.float32)
-
-

@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -50,7 +51,7 @@ def _replace(args: tuple, kwargs: dict, at: object, value: torch.Tensor) -> tupl
 
 @contextmanager
 def rescaled_attention(
-    modules: Sequence[torch.nn.Module],
+    modules: Sequence[Any],
     rows: Sequence[int],
     keep: Sequence[Sequence[int]],
     edit: AttentionEdit,
@@ -63,7 +64,7 @@ def rescaled_attention(
     ``stats['skipped']``. The hooks are removed on exit, also when sampling raises.
     """
     stats = {"edited": 0, "skipped": 0}
-    state = {"bos": None}
+    state: dict[str, list[int] | None] = {"bos": None}
     handles = []
 
     def scale_bos(_module, _args, out):

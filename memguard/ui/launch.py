@@ -40,13 +40,20 @@ function gradioApp() {
 
 
 def head_html(script: Path = SCRIPT) -> str:
-    """``<script>`` tags for ``<head>``: the ``gradioApp()`` shim, then memguard.js (inlined: no file route)."""
+    """``<script>`` tags for ``<head>``: the ``gradioApp()`` shim, then memguard.js (inlined: no file route). The
+    script is the WebUI extension's (``javascript/`` beside the package in a checkout); an installed wheel has none,
+    and the page then works without it (no menu on highlighted words)."""
+    shim = f"<script>{GRADIO_APP_SHIM}</script>\n"
+    if not script.is_file():
+        return shim
     code = script.read_text(encoding="utf-8").replace("</", "<\\/")
-    return f"<script>{GRADIO_APP_SHIM}</script>\n<script>{code}</script>\n"
+    return f"{shim}<script>{code}</script>\n"
 
 
 def style_html(style: Path = STYLE) -> str:
-    """The extension's stylesheet, for the end of ``<body>`` (where the WebUI links it)."""
+    """The extension's stylesheet, for the end of ``<body>`` (where the WebUI links it); none outside a checkout."""
+    if not style.is_file():
+        return ""
     css = style.read_text(encoding="utf-8").replace("</", "<\\/")
     return f"<style>{css}</style>\n"
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import html
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, TypeGuard
 
 from ..mitigate.base import still_above
 from ..result import FLAGGED, OK, UNCALIBRATED, UNSCORED, verdict
@@ -33,7 +33,7 @@ def esc(value: object) -> str:
     return html.escape(str(value), quote=True)
 
 
-def finite(value: object) -> bool:
+def finite(value: object) -> TypeGuard[float]:
     """Whether ``value`` is a finite number (a bool is not; an int too large for a float is not)."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         return False
@@ -182,8 +182,10 @@ def render_result(result: Mapping[str, Any], target: str | None = "txt2img_promp
     status = status_of(result)
     mitigated = bool(result.get("mitigation")) and not still_above(result.get("mitigation"), result.get("threshold"))
     body = [
-        f'<div class="memguard-result-head">{badge(status, mitigated)} <span class="memguard-image">'
-        f"{esc(_image_title(result))}</span></div>",
+        (
+            f'<div class="memguard-result-head">{badge(status, mitigated)} <span class="memguard-image">'
+            f"{esc(_image_title(result))}</span></div>"
+        ),
         score_line(result),
     ]
     if status == FLAGGED:
@@ -219,12 +221,13 @@ def seed_rows(seeds: Sequence[int], scores: Sequence[float | None], threshold: f
     """Per-seed scores against the threshold, with a small meter (the threshold is the mark at 60%)."""
     shown = [s for s in scores if finite(s)]
     marked = threshold is not None and threshold > 0
-    top = threshold / 0.6 if marked else (max(shown, default=0.0) * 1.1 or 1.0)
+    top = threshold / 0.6 if threshold is not None and marked else (max(shown, default=0.0) * 1.1 or 1.0)
     rows = []
     for seed, score in zip(seeds, scores):
         ok = finite(score)
-        over = ok and threshold is not None and score > threshold
-        width = min(100.0, max(0.0, 100.0 * score / top)) if ok and top > 0 else 0.0
+        value = score if finite(score) else 0.0
+        over = ok and threshold is not None and value > threshold
+        width = min(100.0, max(0.0, 100.0 * value / top)) if ok and top > 0 else 0.0
         state = "over" if over else ("none" if not ok or threshold is None else "under")
         meter = (
             f'<span class="memguard-meter"><span class="memguard-meter-fill memguard-meter-{state}" '

@@ -45,7 +45,7 @@ def record_step0(run: Run, p: Any, params: Any) -> None:
 
 
 def adapter(run: Run, denoiser: Any) -> CFGDenoiserAdapter:
-    return CFGDenoiserAdapter(denoiser, run.step0.timesteps)
+    return CFGDenoiserAdapter(denoiser, run.at_step0().timesteps)
 
 
 def needs_reference(p: Any, step0: Step0) -> bool:
@@ -78,7 +78,7 @@ def reference(denoiser: Denoiser, step0: Step0) -> torch.Tensor:
 def score(run: Run, eps: torch.Tensor, ref: torch.Tensor | None, extra: bool, **flow: Any) -> FirstStep:
     """Judge every image from the batch's eps (its cond rows against ``ref``, or the host's uncond rows), in
     native-size units; keyword arguments run the rest of the first-step flow (:func:`memguard.flow.first_step`)."""
-    step0 = run.step0
+    step0 = run.at_step0()
     rows = row_scores(eps, step0.layout, ref) * step0.size_factor
     subs = [[float(rows[r]) for r, _ in image_rows] for image_rows in step0.layout.cond_rows]
     return first_step(image_scores(rows, step0.layout), run.threshold, extra_pass=extra, sub_scores=subs, **flow)
@@ -86,7 +86,7 @@ def score(run: Run, eps: torch.Tensor, ref: torch.Tensor | None, extra: bool, **
 
 def watch(run: Run, p: Any, denoiser: Any, x_out: torch.Tensor) -> None:
     """``on_cfg_denoised`` at step 0: score from the host's own outputs (plus empty-prompt rows where needed)."""
-    step0 = run.step0
+    step0 = run.at_step0()
     lay = step0.layout
     model = adapter(run, denoiser)
     eps = step0.to_eps(step0.x[: x_out.shape[0]], x_out, step0.sigma[: x_out.shape[0]])
@@ -99,7 +99,7 @@ def watch(run: Run, p: Any, denoiser: Any, x_out: torch.Tensor) -> None:
 def record(run: Run, p: Any, denoiser: Denoiser, outcome: FirstStep, ref: torch.Tensor) -> None:
     """Store an :class:`~memguard.result.ImageResult` per image (token significance for flagged images, what the
     mitigation did) under its index in the job."""
-    step0 = run.step0
+    step0 = run.at_step0()
     offset = batch_offset(p, step0.layout.batch)
     reports = by_image(step0, outcome)
     seeds = getattr(p, "seeds", None) or []
@@ -157,7 +157,7 @@ def explain_image(
 ) -> tuple[list[dict], str | None]:
     """Token significance (``memguard.explain.significance``) for the image's strongest sub-prompt, as word dicts
     over the typed prompt, and the note saying when it came from occlusion instead of Wen's gradient."""
-    step0 = run.step0
+    step0 = run.at_step0()
     image_rows = step0.layout.cond_rows[image]
     sub = max(range(len(image_rows)), key=lambda k: sub_scores[k] if k < len(sub_scores) else 0.0)
     row = image_rows[sub][0]
@@ -177,7 +177,7 @@ def explain_image(
 def mitigate(run: Run, p: Any, params: Any) -> None:
     """``on_cfg_denoiser`` at step 0 of a guarded generation: score with one extra CFG batch, then the first-step flow
     on the targets, whose new rows the host samples with from this call on (:func:`~.mitigation.install`)."""
-    step0 = run.step0
+    step0 = run.at_step0()
     model = adapter(run, params.denoiser)
     lay = step0.layout
     cond_rows = list(range(lay.n_cond))
@@ -225,7 +225,7 @@ def case_for(
     """The strategy's :class:`~memguard.mitigate.base.Case` for the target images' cond rows (A1111 and Forge):
     ``target`` the score to get below (native-size units), ``eps_c`` the cond rows' first-step eps, ``ref`` the empty
     prompt's per image, ``network`` the UNet to freeze."""
-    step0 = run.step0
+    step0 = run.at_step0()
     lay = step0.layout
     rows = rows_of(step0, targets)
     owner = lay.image_of_rows()
@@ -247,10 +247,12 @@ def case_for(
 
 def score_after(run: Run, p: Any, x_out: torch.Tensor) -> None:
     """``d`` of the mitigated images, read from the host's own first-step batch (which used the new conditioning)."""
-    step0 = run.step0
+    step0, ref = run.at_step0(), run.reference
+    if ref is None:
+        return
     lay = step0.layout
     eps = step0.to_eps(step0.x[: lay.n_cond], x_out[: lay.n_cond], step0.sigma[: lay.n_cond])
-    after = image_scores(wen_norm(eps - run.reference[lay.image_of_rows()]), lay)
+    after = image_scores(wen_norm(eps - ref[lay.image_of_rows()]), lay)
     offset = batch_offset(p, lay.batch)
     for i in range(lay.batch):
         result = run.results.get(offset + i)

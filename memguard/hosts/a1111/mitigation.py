@@ -17,7 +17,7 @@ from .run import Run
 
 def install(run: Run, rows: list[int], case: Case, intervention: Intervention) -> None:
     """Make the intervention take effect from this call on: new cond rows, attention hooks, guidance schedules."""
-    step0 = run.step0
+    step0 = run.at_step0()
     context = crossattn(step0.text_cond)
     for j, r in enumerate(rows):
         run.original_rows[r] = context[r]
@@ -54,16 +54,16 @@ def substitute(run: Run, params: Any) -> None:
 
 def apply_guidance(run: Run, denoiser: Any, params: Any) -> None:
     """Per-image guidance scale (Jain et al.): recombine the image's CFG pair with its own scale."""
-    lay = run.step0.layout
-    x_out = run.x_out
-    if x_out.shape[0] != lay.n_cond + lay.batch:
+    step0, x_out, sigmas = run.at_step0(), run.x_out, run.sigma
+    lay = step0.layout
+    if x_out is None or sigmas is None or x_out.shape[0] != lay.n_cond + lay.batch:
         return
     denoised = params.x.clone()
     scale = float(getattr(denoiser.p, "cfg_scale", 7.5))
     total = max(getattr(denoiser, "total_steps", 1), 1)
-    sigma = float(run.sigma[0])
-    t = sigma if run.step0.timesteps else float(denoiser.inner_model.sigma_to_t(run.sigma[:1])[0])
-    to_eps = 1.0 if run.step0.timesteps else 1.0 / sigma  # ||eps_c - eps_u|| = ||x0_c - x0_u|| / sigma
+    sigma = float(sigmas[0])
+    t = sigma if step0.timesteps else float(denoiser.inner_model.sigma_to_t(sigmas[:1])[0])
+    to_eps = 1.0 if step0.timesteps else 1.0 / sigma  # ||eps_c - eps_u|| = ||x0_c - x0_u|| / sigma
     for i, schedule in run.guidance.items():
         u = x_out[lay.n_cond + i]
         d_t = max(float((x_out[r] - u).float().norm()) for r, _ in lay.cond_rows[i]) * to_eps

@@ -74,9 +74,9 @@ def host_tokens(text: str, typed: str) -> Tokenized:
     where = prompt_syntax.align(typed, text)
     tokens = []
     for piece in pieces:
-        if piece.start is None:
+        if piece.start is None or piece.end is None:
             continue
-        mapped = [where[k] for k in range(piece.start, piece.end) if where[k] is not None]
+        mapped = [k for k in (where[j] for j in range(piece.start, piece.end)) if k is not None]
         if mapped:
             start, end = min(mapped), max(mapped) + 1
             tokens.append(Token(id=piece.id, text=typed[start:end], start=start, end=end, position=piece.position))
@@ -85,7 +85,7 @@ def host_tokens(text: str, typed: str) -> Tokenized:
 
 def keep_positions(chunks_ids: list[int], eos: int) -> list[int]:
     """BOS, prompt tokens and the first EOS of every 77-token chunk (Ren et al.'s padding mask keeps these)."""
-    keep = []
+    keep: list[int] = []
     for k in range(0, len(chunks_ids), CONTEXT):
         chunk = chunks_ids[k : k + CONTEXT]
         first_eos = next((j for j in range(1, len(chunk)) if chunk[j] == eos), len(chunk) - 1)

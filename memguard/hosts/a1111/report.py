@@ -75,19 +75,20 @@ INFOTEXT_KEYS = tuple(entry.name for entry in PER_IMAGE)
 def infotext(run: Run) -> dict[str, Any]:
     """Per-image infotext values (the host calls them with the image's index within its batch) and the version."""
 
-    def getter(entry: Label) -> Callable[..., str | None]:
+    def getter(name: str, value: Callable[[ImageResult], str | None]) -> Callable[..., str | None]:
         def get(p: Any = None, index: int = 0, **_kw: Any) -> str | None:
             try:
                 result = run.results.get(batch_offset(p, 1) + index)
-                return None if result is None else entry.value(result)
+                return None if result is None else value(result)
             except Exception as err:  # shielded: the image keeps the rest of its infotext
-                log_failure(f"writing {entry.name} to the infotext")
-                run.fail(f"writing {entry.name} to the infotext", err)
+                log_failure(f"writing {name} to the infotext")
+                run.fail(f"writing {name} to the infotext", err)
                 return None
 
         return get
 
-    return {**{entry.name: getter(entry) for entry in PER_IMAGE}, VERSION.name: __version__}
+    values = {entry.name: getter(entry.name, entry.value) for entry in PER_IMAGE if entry.value is not None}
+    return {**values, VERSION.name: __version__}
 
 
 def summary_lines(run: Run) -> list[str]:

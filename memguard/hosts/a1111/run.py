@@ -100,6 +100,12 @@ class Run:
             log_failure(what)
             self.fail(what, err)
 
+    def at_step0(self) -> Step0:
+        """The batch's first step, recorded by ``on_cfg_denoiser`` (or Forge's post-CFG function) at step 0."""
+        if self.step0 is None:
+            raise RuntimeError("no first step was recorded for this batch")
+        return self.step0
+
     def ordered(self) -> list[ImageResult]:
         return sorted(self.results.values(), key=lambda r: r.index)
 

@@ -125,7 +125,8 @@ class A1111Service:
         for prompt in prompts:  # the lock prompt by prompt: a generation can start between two
             with self._model_in_use():
                 per_part = [self._scores(text, seeds)[0] for text in self._subprompts(prompt)]
-            out.append(result(prompt, max(per_part, key=statistics.fmean), tau))
+            strongest: list[float] = max(per_part, key=statistics.fmean)
+            out.append(result(prompt, strongest, tau))
         return out
 
     def calibrate(
@@ -189,6 +190,8 @@ class A1111Service:
             mean = statistics.fmean(scores)
             if best is None or mean > best[0]:
                 best = (mean, text, scores, cond, x, eps_e)
+        if best is None:
+            raise ValueError("the prompt has no part to score")
         _, text, scores, cond, x, eps_e = best
 
         tokens = host_tokens(text, prompt)

@@ -168,7 +168,7 @@ class Pass(AttentionPatch):
         """Install the intervention, recompute the targets' first-step prediction with it in force (unless it changes
         nothing there yet) and put it into ``denoised``; the reports get the re-scored ``d``. Returns the new
         ``denoised`` and whether the first step was recomputed."""
-        run, step0 = self.run, self.run.step0
+        run, step0 = self.run, self.run.at_step0()
         lay = step0.layout
         owner = lay.image_of_rows()
         rows = shared.rows_of(step0, targets)
@@ -186,7 +186,9 @@ class Pass(AttentionPatch):
         t = float(schedule(self.unet.model).timestep(sigma[:1])[0])
         for i in targets:
             parts = lay.cond_rows[i]
-            c_new = sum(w * x0[at[r]] for r, w in parts) / sum(w for _, w in parts) if recompute else c[i]
+            c_new = (
+                torch.stack([w * x0[at[r]] for r, w in parts]).sum(0) / sum(w for _, w in parts) if recompute else c[i]
+            )
             k = host_scale(denoised[i], c[i], u[i])
             s = k
             if i in run.guidance and not step0.uncond_skipped:
@@ -197,7 +199,7 @@ class Pass(AttentionPatch):
 
     def install(self, rows: list[int], owner: list[int], case: Case, intervention: Intervention) -> None:
         run = self.run
-        context = crossattn(run.step0.text_cond)
+        context = crossattn(run.at_step0().text_cond)
         for j, r in enumerate(rows):
             new = intervention.cond[j].to(context.dtype)
             if not torch.equal(new, context[r]):

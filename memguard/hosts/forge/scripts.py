@@ -15,7 +15,7 @@ def make_scripts() -> tuple[type, type]:
     """Return the companion and the "Memorization guard" dropdown script for Forge."""
     watch, guard = a1111_scripts.make_scripts()
 
-    class MemguardWatch(watch):
+    class MemguardWatch(watch):  # type: ignore[valid-type,misc]  # a class made at run time (host-free import)
         def process_before_every_sampling(self, p: Any, *args: Any, **kwargs: Any) -> None:
             forge.install(p)
 
