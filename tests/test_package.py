@@ -84,7 +84,7 @@ def test_wheel_holds_the_library_its_data_and_the_command(wheel):
     assert dict(entry_points["console_scripts"]) == {"memguard": "memguard.cli:main"}
     model_files = {p.relative_to(ROOT).as_posix() for p in MODEL.rglob("*") if p.is_file()}
     assert len(model_files) > 50 and model_files <= names, sorted(model_files - names)
-    assert {"memguard/data/benign_prompts.txt", "memguard/py.typed", "memguard/cli.py"} <= names
+    assert {"memguard/data/benign_prompts.txt", "memguard/py.typed", "memguard/cli/__init__.py"} <= names
     assert not [n for n in names if n.startswith(NOT_SHIPPED) or "__pycache__" in n]
     assert {n.split("/")[0] for n in names} == {"memguard", info}
 
