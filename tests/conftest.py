@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 
@@ -83,8 +84,8 @@ def webui(_webui_boot):
 
     from memguard.hosts.settings import OPTIONS
 
-    for key, (default, *_rest) in OPTIONS.items():
-        setattr(shared.opts, key, default)
+    for key, option in OPTIONS.items():
+        setattr(shared.opts, key, option.default)
     errors.clear()
     yield _webui_boot
     errors.clear()
@@ -97,6 +98,6 @@ def _no_automatic_calibration():
     from memguard.hosts.settings import OPTIONS
 
     default = OPTIONS["memguard_auto_calibrate"]
-    OPTIONS["memguard_auto_calibrate"] = (False, *default[1:])
+    OPTIONS["memguard_auto_calibrate"] = dataclasses.replace(default, default=False)
     yield
     OPTIONS["memguard_auto_calibrate"] = default

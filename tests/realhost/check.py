@@ -217,8 +217,10 @@ def memguard_defaults(memguard: Path) -> dict:
     """memguard's settings and their defaults (``memguard/hosts/settings.py: OPTIONS``, read as text: nothing of
     memguard is imported here)."""
     text = (memguard / "memguard" / "hosts" / "settings.py").read_text()
-    found = re.findall(r'"(memguard_\w+)": \(\s*("[^"]*"|True|False|[-\d.]+)', text)
-    return {key: json.loads({"True": "true", "False": "false"}.get(raw, raw)) for key, raw in found}
+    found = re.findall(r'"(memguard_\w+)": Option\(\s*("[^"]*"|True|False|[-\d.]+|DEFAULT)', text)
+    default = re.search(r'^DEFAULT = ("[^"]*")', (memguard / "memguard" / "strategies.py").read_text(), re.M)
+    literal = {"True": "true", "False": "false", "DEFAULT": default.group(1) if default else "null"}
+    return {key: json.loads(literal.get(raw, raw)) for key, raw in found}
 
 
 def memguard_said(info: dict) -> str:
