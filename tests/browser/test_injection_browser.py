@@ -89,14 +89,14 @@ def test_the_generation_panel_shows_payloads_as_text(panel_route):
     """The WebUI shows the log as escaped text in ``#html_log_txt2img``; memguard.js finds its data line there,
     hides it and inserts the panel the server rendered."""
     from memguard.hosts.a1111 import Run, summary_lines
+    from memguard.result import ImageResult
 
     run = Run(mode="watch", threshold=1.0)
     word = PROMPT.index("onerror")
-    run.results[0] = {
-        "index": 0, "seed": PAYLOADS[1], "prompt": PROMPT, "score": 2.0, "threshold": 1.0, "flagged": True,
-        "extra_pass": False, "reason": "", "sub_scores": [2.0], "mitigation": None,
-        "words": [{"text": "onerror", "start": word, "end": word + 7, "value": 1.0, "normalized": 1.0}],
-    }
+    run.results[0] = ImageResult(
+        index=0, seed=PAYLOADS[1], prompt=PROMPT, score=2.0, d=2.0, threshold=1.0, threshold_source="", flagged=True,
+        sub_scores=[2.0], words=[{"text": "onerror", "start": word, "end": word + 7, "value": 1.0, "normalized": 1.0}],
+    )  # fmt: skip
     log = "\n".join(summary_lines(run))
     page = panel_route.page
     page.evaluate(
