@@ -34,11 +34,11 @@ $(VENV)/.installed: requirements.txt
 demo: $(VENV)/.installed
 	$(PY) -m memguard demo
 
-# Our stack first (lint and the whole suite), then each host's stack. The host stacks install (mostly downloads)
-# while our suite runs; their pip output goes to out/hosts-install.log, shown if an install fails. pytest's exit 5
-# (no test ran) fails the target like any other failure.
-test: $(VENV)/.installed
-	$(PY) -m ruff check .
+# Lint (ruff rules, ruff format, mypy on memguard/: `make lint`), then our stack's whole suite, then each host's
+# stack. The host stacks install (mostly downloads) while our suite runs; their pip output goes to
+# out/hosts-install.log, shown if an install fails. pytest's exit 5 (no test ran) fails the target like any other
+# failure.
+test: lint
 	@mkdir -p out; $(HOSTS_INSTALL) > out/hosts-install.log 2>&1 & hosts=$$!; \
 	echo "$(PY) -m pytest -q  (installing the host stacks meanwhile: out/hosts-install.log)"; \
 	$(PY) -m pytest -q; status=$$?; \
@@ -54,7 +54,7 @@ test-hosts: $(addprefix test-,$(HOSTS))
 $(addprefix test-,$(HOSTS)): test-%: .venv-%/.installed
 	MEMGUARD_HOST_STACK=$* .venv-$*/bin/python -m pytest -q -m host_stack -p no:cacheprovider
 
-# Everything a release needs to pass: lint, formatting, types (not yet part of `make test`).
+# Lint rules, formatting, types (the first part of `make test`).
 lint: $(VENV)/.installed
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
