@@ -356,6 +356,40 @@ def test_attention_strategy_intervention(tiny):
     assert _all_hooks(cross_attention_modules(tiny.unet)) == []
 
 
+def test_attention_edit_in_the_host_loop_leaves_the_unconditional_rows_alone(tiny):
+    """Ren et al.'s edit applies to the flagged image's conditional row only: in every UNet call of the sampling loop
+    the unconditional half (and the unflagged image's conditional row) equals the same call without any edit,
+    while the flagged image's conditional row is changed."""
+    seeds = [0, 1]
+    base = sample(tiny, PROMPT, seeds, steps=4, threshold=None)
+    s0, s1 = (g.detection.score for g in base)
+    flagged = 0 if s0 > s1 else 1
+    calls = []
+
+    def record(_module, args, kwargs, out):
+        ehs = kwargs.get("encoder_hidden_states", args[2] if len(args) > 2 else None)
+        calls.append((args[0].clone(), args[1], ehs.clone(), out.sample.clone()))
+
+    hook = tiny.unet.register_forward_hook(record, with_kwargs=True)
+    try:
+        gens = sample(tiny, PROMPT, seeds, steps=4, threshold=(s0 + s1) / 2, strategy=Attention())
+    finally:
+        hook.remove()
+    assert [g.mitigation is not None for g in gens] == [i == flagged for i in range(2)]
+    edited = 0
+    for x, t, ehs, out in calls:
+        n = x.shape[0] // 2
+        with torch.no_grad():
+            plain = tiny.unet(x, t, encoder_hidden_states=ehs).sample
+        assert torch.allclose(out[n:], plain[n:], rtol=0, atol=1e-6)  # the unconditional rows: never edited
+        rows = [flagged] if n == 2 else [0]  # the whole batch, or the flagged image's first step evaluated again
+        others = [r for r in range(n) if r not in rows]
+        assert torch.allclose(out[others], plain[others], rtol=0, atol=1e-6)
+        if not torch.allclose(out[rows], plain[rows], rtol=0, atol=1e-4):
+            edited += 1
+    assert len(calls) == 5 and edited == 4  # step 0 unedited, its re-evaluation and the 3 later steps edited
+
+
 # --- guidance -----------------------------------------------------------------------------------------------------
 
 

@@ -89,6 +89,45 @@ def test_words_with_markup_inside_are_wrapped_and_escaped():
     assert ("data-memguard-target", "memguard_prompt") in parsed.attrs
 
 
+@pytest.mark.parametrize("attack", ATTACKS)
+def test_flagged_prompt_without_words_is_escaped_text(attack):
+    """A flagged image whose explanation found no words (explain off, interrupted, failed): its whole prompt is
+    the text after the last word, and it is still only text."""
+    prompt = f"a cat {attack} on a sofa"
+    for html in (render_panel([result(prompt, words=[])]), render_analysis(result(prompt, words=[]), [0], "m", "t")):
+        parsed = Markup(html)
+        assert set(parsed.tags) <= ALLOWED_TAGS and "<img" not in html and "<script" not in html
+        assert "memguard-word" not in html
+        assert prompt in "".join(parsed.text)
+        assert esc_text(prompt) in html
+
+
+@pytest.mark.parametrize("attack", ATTACKS)
+def test_text_between_and_after_words_is_escaped(attack):
+    """Words that cover only part of the prompt: the markup before, between and after them stays text."""
+    prompt = f"{attack} cat {attack} sofa {attack}"
+    cat, sofa = prompt.index(" cat ") + 1, prompt.index(" sofa ") + 1
+    words = [
+        {"text": "cat", "start": cat, "end": cat + 3, "value": 0.5, "normalized": 0.5},
+        {"text": "sofa", "start": sofa, "end": sofa + 4, "value": 1.0, "normalized": 1.0},
+    ]
+    html = highlight_prompt(prompt, words, "txt2img_prompt")
+    parsed = Markup(html)
+    assert parsed.tags == ["span", "span", "span"]  # the prompt and its two words, nothing else
+    assert "<img" not in html and "<script" not in html
+    assert "".join(parsed.text) == prompt
+    shown = html[html.index(">") + 1 :]  # the prompt's text, after the container's attributes (data-prompt)
+    assert shown.count(esc_text(attack)) == 3
+    assert [v for k, v in parsed.attrs if k == "data-word"] == ["cat", "sofa"]
+    panel = render_panel([result(prompt, words=words)])
+    assert set(Markup(panel).tags) <= ALLOWED_TAGS and panel.count(esc_text(attack)) >= 3
+
+
+def esc_text(text: str) -> str:
+    """How text must appear in the markup: ``&``, ``<``, ``>`` and quotes as entities (``html.escape``)."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace('"', "&quot;")
+
+
 def test_flagged_block_shows_highlighted_prompt_advice_and_threshold():
     html = render_panel([result()])
     assert "memguard-flagged" in html and "Likely memorized" in html
