@@ -15,6 +15,8 @@ from memguard.detect import (
     image_scores,
     judge,
     row_scores,
+    size_factor,
+    size_normalized,
     unscorable,
     wen_norm,
 )
@@ -137,3 +139,19 @@ def test_combined_score_weights_norm_and_angle():
     assert combined_score(norm, cos).tolist() == pytest.approx([4.0, 2.0])  # gamma (1, 2): SD1.4
     assert combined_score(norm, cos, 1.0, 0.1).tolist() == pytest.approx([3.05, 3.9])  # gamma (1, 0.1): SD2
     assert combined_score(norm, cos, 2.0, 1.0).tolist() == pytest.approx([6.5, 7.0])
+
+
+@pytest.mark.parametrize(
+    ("size", "factor"),
+    [((4, 64, 64), 1.0), ((4, 128, 128), 0.5), ((4, 64, 128), math.sqrt(0.5)), ((4, 128, 64), math.sqrt(0.5)),
+     ((4, 32, 64), math.sqrt(2.0)), ((1, 4, 96, 48), math.sqrt(64 * 64 / (96 * 48)))],
+)
+def test_size_factor_brings_d_to_the_native_area(size, factor):
+    """``d`` grows like the square root of the latent's area: ``sqrt(h0 w0 / (h w))`` brings it to 64x64's."""
+    assert size_factor(size, (4, 64, 64)) == pytest.approx(factor, rel=1e-12)
+    assert size_normalized(3.0, size, (4, 64, 64)) == pytest.approx(3.0 * factor, rel=1e-12)
+
+
+def test_judge_carries_the_step_it_was_read_at():
+    (det,) = judge([1.0], 0.5, step=3, steps=2)
+    assert det.step == 3 and det.steps == 2 and det.to_dict()["step"] == 3
