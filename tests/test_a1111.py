@@ -201,6 +201,43 @@ def test_guard_mitigates_only_the_flagged_image(host):
     assert "Memguard strategy: embedding" in guarded.infotexts[flagged]
 
 
+def test_attention_edit_applies_to_the_flagged_images_conditional_row_only(host):
+    """Ren et al.'s edit as the guard installs it in the host's CFG batch: in every UNet call of sampling, the
+    unconditional rows and the other images' rows are those of the unedited network, and the flagged image's
+    conditional row is the edit computed here with its kept keys written out (BOS, the 3 prompt tokens, the first
+    EOS: positions 0-4 of "a red circle")."""
+    from modules import shared
+
+    from memguard.mitigate.attention import cross_attention_modules, rescaled_attention
+    from memguard.mitigate.base import AttentionEdit
+
+    _, flagged = flag_one(host)
+    unet = shared.sd_model.model.diffusion_model
+    calls = []
+
+    def record(_module, args, kwargs, out):
+        calls.append((args[0].clone(), args[1], kwargs["encoder_hidden_states"].clone(), out.sample.clone()))
+
+    hook = unet.register_forward_hook(record, with_kwargs=True)
+    try:
+        guarded = generate(host, GUARD, {guard_index(): "attention"}, batch_size=4, seed=11, steps=3)
+    finally:
+        hook.remove()
+    assert [r["flagged"] for r in results(guarded)] == [i == flagged for i in range(4)]
+    batches = [call for call in calls if call[0].shape[0] == 8]  # the host's CFG batches: 4 cond, then 4 uncond
+    assert len(batches) == 3
+    others = [r for r in range(8) if r != flagged]
+    for x, t, context, out in batches:
+        with torch.no_grad():
+            plain = unet(x, t, encoder_hidden_states=context).sample
+            edit = AttentionEdit(c_bos=1.25, mask_padding=True)
+            with rescaled_attention(cross_attention_modules(unet), [flagged], [[0, 1, 2, 3, 4]], edit, batch=8):
+                edited = unet(x, t, encoder_hidden_states=context).sample
+        assert torch.allclose(out[others], plain[others], rtol=0, atol=1e-6)
+        assert torch.allclose(out[flagged], edited[flagged], rtol=0, atol=1e-5)
+        assert not torch.allclose(out[flagged], plain[flagged], rtol=0, atol=1e-4)
+
+
 @pytest.mark.parametrize("strategy", ["attention", "guidance", "auto"])
 def test_guard_strategies_run_and_clean_up(host, strategy):
     from modules import shared
