@@ -98,6 +98,74 @@ def test_only_the_flagged_image_of_a_batch_changes(tiny, name, seeds):
     assert not torch.equal(mitigated[hi].latent, base[hi].latent)
 
 
+def _capturing(strategy, cases: list, interventions: list):
+    """``strategy`` that also keeps the case it was given and the intervention it returned."""
+
+    def run(case):
+        cases.append(case)
+        interventions.append(strategy(case))
+        return interventions[-1]
+
+    return run
+
+
+def test_score_after_is_read_against_the_empty_prompt_with_a_negative_prompt(tiny):
+    """With a negative prompt the re-scored first step is still Wen's ``d`` against the empty prompt: the guidance
+    schedule leaves the first step's conditioning as it is, so the score after equals the score before."""
+    gens = sample(tiny, PROMPT, [0, 1], steps=4, negative="blurry", threshold=0.0, strategy=Guidance())
+    for g in gens:
+        assert g.detection.extra_pass
+        assert g.mitigation.score_after == pytest.approx(g.mitigation.score_before, rel=1e-5)
+
+
+def test_the_guidance_schedule_starts_from_the_mitigated_first_step(tiny):
+    """``auto`` optimizes the embedding, then schedules guidance: the schedule's first ``d_t`` is the mitigated
+    first step's (the score after), not the one before the optimization."""
+    from memguard.mitigate import Auto
+
+    cases, interventions = [], []
+    (g,) = sample(tiny, PROMPT, [0], steps=4, threshold=0.0, strategy=_capturing(Auto(), cases, interventions))
+    (schedule,) = interventions[0].guidance
+    assert g.mitigation.score_after != pytest.approx(g.mitigation.score_before, rel=1e-3)
+    assert schedule.history[0] == pytest.approx(g.mitigation.score_after, rel=1e-5)
+    assert len(schedule.history) == 4
+
+
+def test_mitigated_images_keep_their_first_step_score_when_scores_average_steps(tiny):
+    """``score_steps`` averages ``d_t`` for the images memguard left alone; a mitigated image keeps the first-step
+    score its verdict was taken on (later steps ran under the mitigation)."""
+    base = sample(tiny, PROMPT, [0, 1], steps=6, threshold=None, score_steps=3)
+    s0, s1 = (g.trajectory[0] for g in base)
+    hi = 0 if s0 > s1 else 1
+    threshold = (s0 + s1) / 2
+    gens = sample(tiny, PROMPT, [0, 1], steps=6, threshold=threshold, score_steps=3, strategy=Embedding(max_iters=3))
+    mitigated, alone = gens[hi], gens[1 - hi]
+    assert mitigated.mitigation is not None and alone.mitigation is None
+    assert mitigated.detection.score == pytest.approx(mitigated.trajectory[0], rel=1e-6) and mitigated.detection.flagged
+    assert alone.detection.score == pytest.approx(sum(alone.trajectory[:3]) / 3, rel=1e-6)
+
+
+def test_forced_mitigation_without_threshold_aims_at_half_the_lowest_score(tiny):
+    cases, interventions = [], []
+    gens = sample(
+        tiny, PROMPT, [0, 1], steps=3, threshold=None, force=True,
+        strategy=_capturing(Embedding(max_iters=1), cases, interventions),
+    )
+    (case,) = cases
+    assert all(g.mitigation is not None and not g.detection.flagged for g in gens)
+    assert case.target == pytest.approx(min(g.detection.score for g in gens) / 2, rel=1e-6)
+
+
+def test_a_batch_of_prompts_is_mitigated_as_each_prompt_alone(tiny):
+    """Each flagged row gets the padding mask of its own prompt (prompts of one batch differ in length)."""
+    prompts = ["a cat", "a photo of a red cat on a mat"]
+    batch = sample(tiny, prompts, [0, 1], steps=4, threshold=0.0, strategy=Attention())
+    for prompt, seed, g in zip(prompts, [0, 1], batch):
+        (alone,) = sample(tiny, prompt, [seed], steps=4, threshold=0.0, strategy=Attention())
+        # the same up to the batch's rounding (about 2e-5 on latents of size 10; another prompt's mask moves it by 0.5)
+        assert torch.allclose(g.latent, alone.latent, rtol=0, atol=1e-3)
+
+
 # --- embedding ----------------------------------------------------------------------------------------------------
 
 
