@@ -18,6 +18,7 @@ from webui_helpers import (
     generate,
     guard_index,
     pixels,
+    results,
     scores,
     set_threshold,
     side,
@@ -116,17 +117,76 @@ def test_watching_does_not_change_images(host):
         assert np.array_equal(a, b)
 
 
+def first_steps() -> list[dict]:
+    """Every first step's CFG inputs of the generations that follow (one per batch), as the host passed them."""
+    from modules import script_callbacks
+
+    seen: list[dict] = []
+
+    def grab(params):
+        if params.denoiser.step == 0:
+            seen.append({"x": params.x.clone(), "t": int(params.sigma[0]), "cond": params.text_cond.clone()})
+
+    script_callbacks.on_cfg_denoiser(grab)
+    return seen
+
+
+def by_hand(x: torch.Tensor, t: int, cond: torch.Tensor) -> tuple[float, torch.Tensor]:
+    """Wen's ``d`` and the per-position norm of its gradient w.r.t. ``cond`` (one image, one conditioning row),
+    computed on the bare network with autograd: ``|| d/d e_i || eps(x, e) - eps(x, "") || ||`` per position ``i``.
+    For the timestep samplers (DDIM) the host's ``x`` and ``t`` are the network's own inputs."""
+    from modules import shared
+
+    unet = shared.sd_model.model.diffusion_model
+    with torch.no_grad():
+        empty = unet(x, t, encoder_hidden_states=shared.sd_model.get_learned_conditioning([""])).sample
+    e = cond.detach().clone().requires_grad_(True)
+    with torch.enable_grad():
+        d = (unet(x, t, encoder_hidden_states=e).sample - empty).flatten().norm()
+        (grad,) = torch.autograd.grad(d, e)
+    return float(d), grad[0].norm(dim=-1)
+
+
+def assert_top_word(words: list[dict], expected: dict[str, float]) -> None:
+    """The word carrying the most significance is the one with the largest expected value (any word within 0.1%
+    of that largest value counts as a tie)."""
+    top = max(words, key=lambda w: w["value"])
+    peak = max(expected.values())
+    assert expected[top["text"]] >= peak * (1 - 1e-3), (top, expected)
+
+
 def test_flagged_image_is_explained_on_the_typed_words(host):
-    prompt = "a (red:1.2) circle AND a blue square"
-    first = scores(generate(host, prompt=prompt))[0]
-    set_threshold(first * 0.5)
-    out = generate(host, prompt=prompt)
-    result = data(out)["results"][0]
-    assert result["flagged"] and result["words"]
-    for w in result["words"]:
-        assert prompt[w["start"] : w["end"]] == w["text"]
-    assert "may reproduce a training image" in out.comments
-    assert "Memguard verdict: flagged" in out.infotexts[0]
+    """The flagged image's words are those of its strongest ``AND`` sub-prompt at their places in the typed prompt,
+    each with Wen's significance of its token (the gradient norm recomputed here on the bare network), so the
+    top word is the one that really carries the score. Both orders of the two sub-prompts: the strongest one is
+    the second in one of them."""
+    halves = ["a (red:1.2) circle", "a blue square"]
+    strongest_of = []
+    for prompt in (" AND ".join(halves), " AND ".join(halves[::-1])):
+        set_threshold(0)
+        first = scores(generate(host, prompt=prompt, sampler_name="DDIM"))[0]
+        set_threshold(first * 0.5)
+        steps = first_steps()
+        out = generate(host, prompt=prompt, sampler_name="DDIM")
+        result = data(out)["results"][0]
+        assert result["flagged"] and result["words"]
+        (step,) = steps
+        assert step["cond"].shape[0] == 2  # one conditioning row per sub-prompt
+        recomputed = [by_hand(step["x"][:1], step["t"], step["cond"][[k]]) for k in range(2)]
+        assert result["sub_scores"] == pytest.approx([d for d, _ in recomputed], rel=1e-5)
+        strongest = max(range(2), key=lambda k: recomputed[k][0])
+        strongest_of.append(strongest)
+        sub = prompt.split(" AND ")[strongest]
+        at = prompt.index(sub)
+        typed = [(text, at + sub.index(text)) for text in sub.replace("(", "").replace(":1.2)", "").split()]
+        assert [(w["text"], w["start"], w["end"]) for w in result["words"]] == [(t, i, i + len(t)) for t, i in typed]
+        grads = recomputed[strongest][1]
+        expected = {text: float(grads[1 + k]) for k, (text, _) in enumerate(typed)}  # BOS at 0, then the 3 tokens
+        assert {w["text"]: w["value"] for w in result["words"]} == pytest.approx(expected, rel=1e-3)
+        assert_top_word(result["words"], expected)
+        assert "may reproduce a training image" in out.comments
+        assert "Memguard verdict: flagged" in out.infotexts[0]
+    assert sorted(strongest_of) == [0, 1]  # the same sub-prompt won in both orders: once first, once second
 
 
 def test_guard_mitigates_only_the_flagged_image(host):
@@ -141,6 +201,43 @@ def test_guard_mitigates_only_the_flagged_image(host):
     assert "Memguard strategy: embedding" in guarded.infotexts[flagged]
 
 
+def test_attention_edit_applies_to_the_flagged_images_conditional_row_only(host):
+    """Ren et al.'s edit as the guard installs it in the host's CFG batch: in every UNet call of sampling, the
+    unconditional rows and the other images' rows are those of the unedited network, and the flagged image's
+    conditional row is the edit computed here with its kept keys written out (BOS, the 3 prompt tokens, the first
+    EOS: positions 0-4 of "a red circle")."""
+    from modules import shared
+
+    from memguard.mitigate.attention import cross_attention_modules, rescaled_attention
+    from memguard.mitigate.base import AttentionEdit
+
+    _, flagged = flag_one(host)
+    unet = shared.sd_model.model.diffusion_model
+    calls = []
+
+    def record(_module, args, kwargs, out):
+        calls.append((args[0].clone(), args[1], kwargs["encoder_hidden_states"].clone(), out.sample.clone()))
+
+    hook = unet.register_forward_hook(record, with_kwargs=True)
+    try:
+        guarded = generate(host, GUARD, {guard_index(): "attention"}, batch_size=4, seed=11, steps=3)
+    finally:
+        hook.remove()
+    assert [r["flagged"] for r in results(guarded)] == [i == flagged for i in range(4)]
+    batches = [call for call in calls if call[0].shape[0] == 8]  # the host's CFG batches: 4 cond, then 4 uncond
+    assert len(batches) == 3
+    others = [r for r in range(8) if r != flagged]
+    for x, t, context, out in batches:
+        with torch.no_grad():
+            plain = unet(x, t, encoder_hidden_states=context).sample
+            edit = AttentionEdit(c_bos=1.25, mask_padding=True)
+            with rescaled_attention(cross_attention_modules(unet), [flagged], [[0, 1, 2, 3, 4]], edit, batch=8):
+                edited = unet(x, t, encoder_hidden_states=context).sample
+        assert torch.allclose(out[others], plain[others], rtol=0, atol=1e-6)
+        assert torch.allclose(out[flagged], edited[flagged], rtol=0, atol=1e-5)
+        assert not torch.allclose(out[flagged], plain[flagged], rtol=0, atol=1e-4)
+
+
 @pytest.mark.parametrize("strategy", ["attention", "guidance", "auto"])
 def test_guard_strategies_run_and_clean_up(host, strategy):
     from modules import shared
@@ -153,27 +250,63 @@ def test_guard_strategies_run_and_clean_up(host, strategy):
 
 
 def test_hires_pass_is_not_scored_again(host):
-    out = generate(host, batch_size=2, enable_hr=True, hr_scale=2, hr_upscaler="Latent", denoising_strength=0.5)
-    assert sorted(r["index"] for r in data(out)["results"]) == [0, 1]
+    """With hires fix, the reported scores are the first pass's: those of the same generation without hires fix
+    (same seeds, same first pass), not the hires pass's (whose first step is scored too if memguard reads it)."""
+    plain = results(generate(host, batch_size=2))
+    steps = first_steps()
+    hires = generate(host, batch_size=2, enable_hr=True, hr_scale=2, hr_upscaler="Latent", denoising_strength=0.5)
+    assert [step["x"].shape[-1] for step in steps] == [side(), 2 * side()]  # two passes, each with a first step
+    got = results(hires)
+    assert [r["index"] for r in got] == [0, 1]
+    for a, b in zip(got, plain):
+        assert a["d"] == pytest.approx(b["d"], rel=1e-5) and a["score"] == pytest.approx(b["score"], rel=1e-5)
 
 
 def test_two_chunk_prompt_and_batches(host):
-    """A prompt of two 75-token chunks (154 conditioning rows), two batches of two: every image is scored and its
-    words come from both chunks, each at its span in the prompt."""
-    from modules import script_callbacks
+    """A prompt of two 75-token chunks (154 conditioning rows), two batches of two: every image is scored on its own
+    ``x_T`` (its ``d`` recomputed here on the bare network), and its words come from both chunks, each at its span in
+    the prompt with the significance of its own tokens (a word that only the second chunk holds included)."""
+    from modules import shared
+
+    from memguard.tokens import load_tokenizer
 
     long = ", ".join(f"word{i}" for i in range(30))  # 109 tokens
-    rows = []
-    script_callbacks.on_cfg_denoiser(lambda params: rows.append(params.text_cond.shape[1]))
+    chunks = shared.sd_model.cond_stage_model.process_texts([long])[0][0]
+    assert len(chunks) == 2 and all(len(c.tokens) == 77 for c in chunks)
+    # where each word's pieces sit in the 154 positions (BOS at 0 and 77, EOS and padding after each chunk's text)
+    names = load_tokenizer().convert_ids_to_tokens([t for c in chunks for t in c.tokens])
+    positions: dict[str, list[int]] = {}
+    current, at = "", []
+    for k, name in enumerate(names):
+        if k % 77 == 0 or name in ("<|endoftext|>", ",</w>"):  # BOS, EOS and padding, commas: between words
+            if current:
+                positions[current], current, at = at, "", []
+            continue
+        current, at = current + name.replace("</w>", ""), [*at, k]  # "word29": "word</w>", "2</w>", "9</w>"
+    assert {f"word{i}" for i in range(30)} <= set(positions)
+    second = {w for w, at in positions.items() if w.startswith("word") and min(at) >= 77}
+    assert "word29" in second and "word0" not in second  # the second chunk holds the last words only
+
+    steps = first_steps()
     set_threshold(1e-6)
-    out = generate(host, prompt=long, n_iter=2, batch_size=2)
-    assert set(rows) == {154}
-    results = sorted(data(out)["results"], key=lambda r: r["index"])
-    assert [r["index"] for r in results] == [0, 1, 2, 3] and all(r["prompt"] == long for r in results)
-    for r in results:
-        words = {w["text"]: w for w in r["words"]}
-        assert {"word0", "word29"} <= set(words)  # the first chunk's first word, the second chunk's last
-        assert all(long[w["start"] : w["end"]] == w["text"] for w in r["words"])
+    out = generate(host, prompt=long, n_iter=2, batch_size=2, sampler_name="DDIM")
+    assert [step["cond"].shape[1] for step in steps] == [154, 154]  # one first step per batch, two chunks each
+    results_ = sorted(data(out)["results"], key=lambda r: r["index"])
+    assert [r["index"] for r in results_] == [0, 1, 2, 3] and all(r["prompt"] == long for r in results_)
+    ds = []
+    for r in results_:
+        step = steps[r["index"] // 2]
+        row = r["index"] % 2
+        d, grads = by_hand(step["x"][[row]], step["t"], step["cond"][[row]])
+        ds.append(d)
+        assert r["d"] == pytest.approx(d, rel=1e-5)
+        words = {w["text"]: w for w in r["words"] if w["text"].startswith("word")}
+        assert set(words) == {f"word{i}" for i in range(30)}
+        for text, w in words.items():
+            assert long[w["start"] : w["end"]] == text
+            assert w["value"] == pytest.approx(max(float(grads[k]) for k in positions[text]), rel=1e-3)
+        assert all(words[w]["value"] > 0 for w in second)
+    assert len(set(ds)) == 4  # four images, four noises: not one image scored four times
 
 
 def test_failure_inside_memguard_leaves_generation_alone(host, monkeypatch):

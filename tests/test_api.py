@@ -95,20 +95,38 @@ def test_calibration_round_trip(service):
 
 
 def test_concurrent_clients_get_their_own_results(service):
+    """Three clients at once each get exactly what their request gets when it is made alone: per-seed scores, mean,
+    threshold, verdict and the explained words with their significance (one of the three is flagged)."""
+    from memguard.calibrate import Calibration
+
     c = client(service)
-    out: dict[str, list] = {}
+    prompts = ("a red circle", "a green cross", "two squares")
+    request = {"seeds": 2, "explain": True}
+    audit = c.post(f"{PREFIX}/score", json={"prompts": list(prompts), "seeds": 2}).json()["results"]
+    means = sorted(r["score"] for r in audit)
+    service.store.put(service.model_id(), Calibration(threshold=(means[1] + means[2]) / 2, fpr=0.1, n_prompts=3))
+    out: dict[str, dict] = {}
 
     def call(prompt: str) -> None:
-        out[prompt] = c.post(f"{PREFIX}/score", json={"prompts": [prompt]}).json()["results"]
+        out[prompt] = c.post(f"{PREFIX}/score", json={"prompts": [prompt], **request}).json()
 
-    threads = [threading.Thread(target=call, args=(p,)) for p in ("a red circle", "a green cross", "two squares")]
+    threads = [threading.Thread(target=call, args=(p,)) for p in prompts]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    assert {p: r[0]["prompt"] for p, r in out.items()} == {p: p for p in out}
-    single = c.post(f"{PREFIX}/score", json={"prompts": ["a green cross"]}).json()["results"][0]["score"]
-    assert out["a green cross"][0]["score"] == pytest.approx(single)
+    alone = {p: c.post(f"{PREFIX}/score", json={"prompts": [p], **request}).json() for p in prompts}
+    assert sum(alone[p]["results"][0]["flagged"] for p in prompts) == 1
+    for p in prompts:
+        (got,), (expected,) = out[p]["results"], alone[p]["results"]
+        assert got["prompt"] == p and got["threshold"] == expected["threshold"] == out[p]["threshold"]
+        assert got["flagged"] == expected["flagged"]
+        assert got["scores"] == pytest.approx(expected["scores"], rel=1e-5)
+        assert got["score"] == pytest.approx(expected["score"], rel=1e-5)
+        assert [(w["text"], w["start"], w["end"]) for w in got["words"]] == [
+            (w["text"], w["start"], w["end"]) for w in expected["words"]
+        ]
+        assert [w["value"] for w in got["words"]] == pytest.approx([w["value"] for w in expected["words"]], rel=1e-4)
 
 
 def test_panel_route_renders_escaped_results_without_credentials(service):

@@ -246,3 +246,42 @@ def test_store_failed_replace_leaves_old_file_and_no_temp(tmp_path, monkeypatch)
         CalibrationStore(path).put("def", _cal())
     assert path.read_bytes() == before
     assert _listing(tmp_path) == ["calibration.json"]
+
+
+def test_calibration_median_is_the_median_of_the_finite_scores():
+    cal = Calibration.from_scores([1.0, 2.0, 30.0, float("nan")], 0.0)
+    assert cal.median == 2.0 and cal.n_prompts == 3 and cal.threshold == 30.0
+
+
+@pytest.mark.parametrize(
+    ("origin", "said"),
+    [
+        ("automatic", "calibrated automatically at FPR 0.01"),
+        ("shipped", "calibrated by the model's author at FPR 0.01"),
+        ("user", "calibrated by the user at FPR 0.01"),
+    ],
+)
+def test_calibration_says_where_it_came_from(origin, said):
+    assert Calibration(threshold=1.0, fpr=0.01, n_prompts=5, origin=origin).describe() == said
+
+
+def test_store_leaves_a_read_only_file_alone(tmp_path):
+    """A calibration file without write permission is never replaced, also where the OS would allow it (root)."""
+    path = tmp_path / "calibration.json"
+    CalibrationStore(path).put("abc", _cal())
+    before = path.read_bytes()
+    path.chmod(stat.S_IRUSR | stat.S_IRGRP)
+    try:
+        with pytest.raises(calibrate.CalibrationWriteError, match="read-only"):
+            CalibrationStore(path).put("def", _cal())
+        with pytest.raises(calibrate.CalibrationWriteError):
+            CalibrationStore(path).check_writable()
+    finally:
+        path.chmod(stat.S_IRUSR | stat.S_IWUSR)
+    assert path.read_bytes() == before
+    assert _listing(tmp_path) == ["calibration.json"]
+    assert CalibrationStore(path).get("def") is None and CalibrationStore(path).get("abc") == _cal_like_saved(before)
+
+
+def _cal_like_saved(raw: bytes) -> Calibration:
+    return Calibration(**json.loads(raw)["models"]["abc"])

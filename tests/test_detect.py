@@ -8,7 +8,18 @@ import pytest
 import torch
 
 from memguard.algebra import BatchLayout
-from memguard.detect import Detection, image_scores, judge, row_scores, unscorable, wen_norm
+from memguard.detect import (
+    Detection,
+    anisotropy,
+    combined_score,
+    image_scores,
+    judge,
+    row_scores,
+    size_factor,
+    size_normalized,
+    unscorable,
+    wen_norm,
+)
 
 
 def test_wen_norm_is_plain_l2_per_row():
@@ -90,3 +101,57 @@ def test_unscorable():
     assert len(dets) == 2
     assert all(isinstance(d, Detection) and d.score is None and not d.flagged for d in dets)
     assert dets[0].reason == "no CFG pair" and dets[0].threshold == 1.0
+
+
+def _positions(*pairs: tuple[float, float]) -> torch.Tensor:
+    """One row of 2-channel vectors, one per spatial position: shape ``(1, 2, 1, len(pairs))``."""
+    return torch.tensor([[[[a for a, _ in pairs]], [[b for _, b in pairs]]]])
+
+
+def test_anisotropy_is_the_mean_cosine_between_eps_u_and_the_guidance_vector():
+    """Asthana & Belagiannis: ``cos(eps_u, eps_c - eps_u)`` over the channels at each position, averaged over the
+    positions (not weighted by length, not the cosine of the flattened tensors). By hand: the guidance vectors make
+    angles of 90, 60 and 0 degrees with ``eps_u`` in row 0 (cosines 0, 1/2, 1: mean 1/2), 180 degrees in row 1."""
+    root3 = math.sqrt(3)
+    eps_u = torch.cat([_positions((1, 0), (2, 0), (0, 5)), _positions((0, 1), (0, 1), (0, 1))])
+    eps_c = torch.cat([_positions((1, 3), (3, root3), (0, 9)), _positions((0, -1), (0, -2), (0, -0.5))])
+    got = anisotropy(eps_u, eps_c)
+    assert got.shape == (2,)
+    assert got.tolist() == pytest.approx([0.5, -1.0], abs=1e-6)
+    # the same at a 2x2 grid of positions and 3 channels: (1, 0, 0) against (0, 0, 1) + (1, 0, 0) * k
+    eps_u = torch.zeros(1, 3, 2, 2)
+    eps_u[:, 0] = 1.0
+    eps_c = eps_u.clone()
+    eps_c[0, 2, 0, 0] = 1.0  # delta (0, 0, 1): cos 0
+    eps_c[0, 0, 0, 1] = 3.0  # delta (2, 0, 0): cos 1
+    eps_c[0, 0, 1, 0] = 0.0  # delta (-1, 0, 0): cos -1
+    eps_c[0, 0, 1, 1], eps_c[0, 1, 1, 1] = 2.0, 1.0  # delta (1, 1, 0): cos 1/sqrt(2)
+    assert anisotropy(eps_u, eps_c).item() == pytest.approx((0 + 1 - 1 + 1 / math.sqrt(2)) / 4, abs=1e-6)
+
+
+def test_anisotropy_of_a_zero_guidance_vector_is_zero():
+    eps = _positions((1, 2), (3, 4))
+    assert anisotropy(eps, eps.clone()).tolist() == [0.0]
+
+
+def test_combined_score_weights_norm_and_angle():
+    norm, cos = torch.tensor([3.0, 4.0]), torch.tensor([0.5, -1.0])
+    assert combined_score(norm, cos).tolist() == pytest.approx([4.0, 2.0])  # gamma (1, 2): SD1.4
+    assert combined_score(norm, cos, 1.0, 0.1).tolist() == pytest.approx([3.05, 3.9])  # gamma (1, 0.1): SD2
+    assert combined_score(norm, cos, 2.0, 1.0).tolist() == pytest.approx([6.5, 7.0])
+
+
+@pytest.mark.parametrize(
+    ("size", "factor"),
+    [((4, 64, 64), 1.0), ((4, 128, 128), 0.5), ((4, 64, 128), math.sqrt(0.5)), ((4, 128, 64), math.sqrt(0.5)),
+     ((4, 32, 64), math.sqrt(2.0)), ((1, 4, 96, 48), math.sqrt(64 * 64 / (96 * 48)))],
+)
+def test_size_factor_brings_d_to_the_native_area(size, factor):
+    """``d`` grows like the square root of the latent's area: ``sqrt(h0 w0 / (h w))`` brings it to 64x64's."""
+    assert size_factor(size, (4, 64, 64)) == pytest.approx(factor, rel=1e-12)
+    assert size_normalized(3.0, size, (4, 64, 64)) == pytest.approx(3.0 * factor, rel=1e-12)
+
+
+def test_judge_carries_the_step_it_was_read_at():
+    (det,) = judge([1.0], 0.5, step=3, steps=2)
+    assert det.step == 3 and det.steps == 2 and det.to_dict()["step"] == 3

@@ -78,6 +78,8 @@ def test_token_occlusion_is_the_drop_in_d_per_position():
 def test_significance_falls_back_to_occlusion_on_inference_weights():
     gen = torch.Generator().manual_seed(2)
     layer = torch.nn.Linear(2, 1, bias=False)
+    with torch.no_grad():  # positive weights on positive embeddings: every position adds to d (not left to chance)
+        layer.weight.copy_(torch.tensor([[0.7, 0.4]]))
     x, cond = torch.randn(1, 1, 2, 2, generator=gen), torch.rand(1, 4, 2, generator=gen) + 0.5
 
     def eps_model(xx, cc):
@@ -190,3 +192,45 @@ def test_top_and_to_dict(tk):
 def test_explain_all_zero_gradients(tk):
     exp = explain(tokenize(tk, "a red cat"), torch.zeros(77))
     assert [t.normalized for t in exp.tokens] == [0.0, 0.0, 0.0]
+
+
+def test_pieces_without_a_span_are_words_of_their_own():
+    """A piece the host's chunks could not map to the prompt (``start == -1``, e.g. textual inversion) is a word of
+    its own, shown with the piece's text, never joined to its neighbours."""
+    prompt = "a cat"
+    tokens = [
+        TokenScore("a", 0, 1, 1, 0.1, 0.1),
+        TokenScore("cat", 2, 5, 2, 0.5, 0.5),
+        TokenScore("emb", -1, -1, 3, 1.0, 1.0),
+        TokenScore("ding", -1, -1, 4, 0.3, 0.3),
+    ]
+    words = Explanation(prompt, tokens).words()
+    assert [(w.text, w.start, w.end, w.value) for w in words] == [
+        ("a", 0, 1, 0.1),
+        ("cat", 2, 5, 0.5),
+        ("emb", -1, -1, 1.0),
+        ("ding", -1, -1, 0.3),
+    ]
+
+
+def test_a_word_spans_every_character_of_its_pieces():
+    """Pieces that share characters are one word, from the first piece's start to the furthest end of any piece."""
+    prompt = "xyz abc"
+    tokens = [
+        TokenScore("xyz", 0, 3, 1, 0.2, 0.2),
+        TokenScore("y", 1, 2, 2, 0.9, 0.9),  # inside the first piece's characters, ending before it
+        TokenScore("abc", 4, 7, 3, 1, 1),
+    ]
+    words = Explanation(prompt, tokens).words()
+    assert [(w.text, w.start, w.end, w.value) for w in words] == [("xyz", 0, 3, 0.9), ("abc", 4, 7, 1)]
+
+
+def test_token_occlusion_uses_each_rows_own_empty_embedding():
+    """``empty`` with one row per image: position ``p`` of row ``j`` is replaced by ``empty[j, p]``."""
+    x = torch.ones(2, 1, 1, 1)
+    cond = torch.full((2, 3, 1), 2.0)
+    empty = torch.tensor([[[0.0], [0.0], [0.0]], [[1.0], [1.5], [1.0]]])
+    weights = torch.tensor([0.0, 1.0, 1.0])
+    drops = token_occlusion(_linear_model(weights), x, cond, torch.zeros(2, 1, 1, 1), empty, [1])
+    # d_j = sum_p w_p c_jp = 4 for both rows; occluding position 1: row 0 -> 2 (drop 2), row 1 -> 3.5 (drop 0.5)
+    assert drops.tolist() == pytest.approx([0.0, (2.0 + 0.5) / 2, 0.0])

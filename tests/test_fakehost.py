@@ -841,10 +841,23 @@ def test_unknown_host_sampler_is_refused(fresh, model_dir):
 
 
 def test_txt2img_batch_of_four_runs_one_cfg_batch_per_step(fresh, model_dir):
+    """Six steps of DPM++ 2M on four images: six denoiser calls, each one UNet call on the 8 rows of the CFG batch
+    (4 conditional, 4 unconditional), counted on the network itself."""
+    from modules import shared
+
     host = boot(model_dir)
     rec = Recorder()
-    processed = host.run_txt2img(make_p(host, batch_size=4, steps=6, sampler_name="DPM++ 2M", negative_prompt="blurry"))
+    rows: list[int] = []
+    unet = shared.sd_model.model.diffusion_model
+    hook = unet.register_forward_pre_hook(lambda _module, args: rows.append(args[0].shape[0]))
+    try:
+        processed = host.run_txt2img(
+            make_p(host, batch_size=4, steps=6, sampler_name="DPM++ 2M", negative_prompt="blurry")
+        )
+    finally:
+        hook.remove()
     assert len(rec.before) == 6 and rec.before[0]["x"].shape[0] == 8
+    assert rows == [8] * 6
     assert len(processed.images) == 5 and len(processed.infotexts) == 5
     assert processed.images[1].info["parameters"] == processed.infotexts[1]
 

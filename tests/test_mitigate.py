@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from memguard.mitigate.attention import Attention, cross_attention_modules, rescaled_attention
-from memguard.mitigate.base import AttentionEdit, Case, Intervention, Report, merge
+from memguard.mitigate.base import AttentionEdit, Case, Intervention, Report, merge, still_above
 from memguard.mitigate.embedding import Embedding, checkpointed, frozen
 from memguard.mitigate.guidance import Guidance, GuidanceSchedule
 from memguard.pipeline import positions_kept, sample
@@ -82,8 +82,9 @@ def test_unflagged_image_is_bit_identical(tiny, name):
 
 
 @pytest.mark.parametrize("name", list(STRATEGIES))
-def test_only_the_flagged_image_of_a_batch_changes(tiny, name):
-    seeds = [0, 1]
+@pytest.mark.parametrize("seeds", [[0, 1], [1, 0]], ids=["first", "second"])
+def test_only_the_flagged_image_of_a_batch_changes(tiny, name, seeds):
+    """Whichever row of the batch the flagged image is (both orders of two seeds), only that image changes."""
     base = sample(tiny, PROMPT, seeds, steps=6, threshold=None)
     s0, s1 = base[0].detection.score, base[1].detection.score
     assert s0 != s1
@@ -95,6 +96,74 @@ def test_only_the_flagged_image_of_a_batch_changes(tiny, name):
     assert torch.equal(mitigated[lo].image, base[lo].image)
     assert torch.equal(mitigated[lo].latent, base[lo].latent)
     assert not torch.equal(mitigated[hi].latent, base[hi].latent)
+
+
+def _capturing(strategy, cases: list, interventions: list):
+    """``strategy`` that also keeps the case it was given and the intervention it returned."""
+
+    def run(case):
+        cases.append(case)
+        interventions.append(strategy(case))
+        return interventions[-1]
+
+    return run
+
+
+def test_score_after_is_read_against_the_empty_prompt_with_a_negative_prompt(tiny):
+    """With a negative prompt the re-scored first step is still Wen's ``d`` against the empty prompt: the guidance
+    schedule leaves the first step's conditioning as it is, so the score after equals the score before."""
+    gens = sample(tiny, PROMPT, [0, 1], steps=4, negative="blurry", threshold=0.0, strategy=Guidance())
+    for g in gens:
+        assert g.detection.extra_pass
+        assert g.mitigation.score_after == pytest.approx(g.mitigation.score_before, rel=1e-5)
+
+
+def test_the_guidance_schedule_starts_from_the_mitigated_first_step(tiny):
+    """``auto`` optimizes the embedding, then schedules guidance: the schedule's first ``d_t`` is the mitigated
+    first step's (the score after), not the one before the optimization."""
+    from memguard.mitigate import Auto
+
+    cases, interventions = [], []
+    (g,) = sample(tiny, PROMPT, [0], steps=4, threshold=0.0, strategy=_capturing(Auto(), cases, interventions))
+    (schedule,) = interventions[0].guidance
+    assert g.mitigation.score_after != pytest.approx(g.mitigation.score_before, rel=1e-3)
+    assert schedule.history[0] == pytest.approx(g.mitigation.score_after, rel=1e-5)
+    assert len(schedule.history) == 4
+
+
+def test_mitigated_images_keep_their_first_step_score_when_scores_average_steps(tiny):
+    """``score_steps`` averages ``d_t`` for the images memguard left alone; a mitigated image keeps the first-step
+    score its verdict was taken on (later steps ran under the mitigation)."""
+    base = sample(tiny, PROMPT, [0, 1], steps=6, threshold=None, score_steps=3)
+    s0, s1 = (g.trajectory[0] for g in base)
+    hi = 0 if s0 > s1 else 1
+    threshold = (s0 + s1) / 2
+    gens = sample(tiny, PROMPT, [0, 1], steps=6, threshold=threshold, score_steps=3, strategy=Embedding(max_iters=3))
+    mitigated, alone = gens[hi], gens[1 - hi]
+    assert mitigated.mitigation is not None and alone.mitigation is None
+    assert mitigated.detection.score == pytest.approx(mitigated.trajectory[0], rel=1e-6) and mitigated.detection.flagged
+    assert alone.detection.score == pytest.approx(sum(alone.trajectory[:3]) / 3, rel=1e-6)
+
+
+def test_forced_mitigation_without_threshold_aims_at_half_the_lowest_score(tiny):
+    cases, interventions = [], []
+    gens = sample(
+        tiny, PROMPT, [0, 1], steps=3, threshold=None, force=True,
+        strategy=_capturing(Embedding(max_iters=1), cases, interventions),
+    )
+    (case,) = cases
+    assert all(g.mitigation is not None and not g.detection.flagged for g in gens)
+    assert case.target == pytest.approx(min(g.detection.score for g in gens) / 2, rel=1e-6)
+
+
+def test_a_batch_of_prompts_is_mitigated_as_each_prompt_alone(tiny):
+    """Each flagged row gets the padding mask of its own prompt (prompts of one batch differ in length)."""
+    prompts = ["a cat", "a photo of a red cat on a mat"]
+    batch = sample(tiny, prompts, [0, 1], steps=4, threshold=0.0, strategy=Attention())
+    for prompt, seed, g in zip(prompts, [0, 1], batch):
+        (alone,) = sample(tiny, prompt, [seed], steps=4, threshold=0.0, strategy=Attention())
+        # the same up to the batch's rounding (about 2e-5 on latents of size 10; another prompt's mask moves it by 0.5)
+        assert torch.allclose(g.latent, alone.latent, rtol=0, atol=1e-3)
 
 
 # --- embedding ----------------------------------------------------------------------------------------------------
@@ -356,6 +425,106 @@ def test_attention_strategy_intervention(tiny):
     assert _all_hooks(cross_attention_modules(tiny.unet)) == []
 
 
+def test_attention_edit_in_the_host_loop_leaves_the_unconditional_rows_alone(tiny):
+    """Ren et al.'s edit applies to the flagged image's conditional row only: in every UNet call of the sampling loop
+    the unconditional half (and the unflagged image's conditional row) equals the same call without any edit,
+    while the flagged image's conditional row is changed."""
+    seeds = [0, 1]
+    base = sample(tiny, PROMPT, seeds, steps=4, threshold=None)
+    s0, s1 = (g.detection.score for g in base)
+    flagged = 0 if s0 > s1 else 1
+    calls = []
+
+    def record(_module, args, kwargs, out):
+        ehs = kwargs.get("encoder_hidden_states", args[2] if len(args) > 2 else None)
+        calls.append((args[0].clone(), args[1], ehs.clone(), out.sample.clone()))
+
+    hook = tiny.unet.register_forward_hook(record, with_kwargs=True)
+    try:
+        gens = sample(tiny, PROMPT, seeds, steps=4, threshold=(s0 + s1) / 2, strategy=Attention())
+    finally:
+        hook.remove()
+    assert [g.mitigation is not None for g in gens] == [i == flagged for i in range(2)]
+    edited = 0
+    for x, t, ehs, out in calls:
+        n = x.shape[0] // 2
+        with torch.no_grad():
+            plain = tiny.unet(x, t, encoder_hidden_states=ehs).sample
+        assert torch.allclose(out[n:], plain[n:], rtol=0, atol=1e-6)  # the unconditional rows: never edited
+        rows = [flagged] if n == 2 else [0]  # the whole batch, or the flagged image's first step evaluated again
+        others = [r for r in range(n) if r not in rows]
+        assert torch.allclose(out[others], plain[others], rtol=0, atol=1e-6)
+        if not torch.allclose(out[rows], plain[rows], rtol=0, atol=1e-4):
+            edited += 1
+    assert len(calls) == 5 and edited == 4  # step 0 unedited, its re-evaluation and the 3 later steps edited
+
+
+def test_attention_bos_scaling_in_every_chunk_matches_manual_softmax():
+    """With a prompt of two 77-token chunks the BOS of each chunk (positions 0 and 77) gets the factor, and the
+    padding of both chunks is masked."""
+    from diffusers.models.attention_processor import Attention as DiffusersAttention
+
+    torch.manual_seed(1)
+    heads, dim_head = 2, 4
+    attn = DiffusersAttention(query_dim=16, cross_attention_dim=8, heads=heads, dim_head=dim_head).eval()
+    hidden = torch.randn(2, 5, 16)
+    ctx = torch.randn(2, 154, 8)
+    keep, c_bos = [0, 1, 2, 3, 77, 78, 79], 1.7
+    with torch.no_grad():
+        with rescaled_attention([attn], [0], [keep], AttentionEdit(c_bos=c_bos), batch=2, bos=[0, 77]):
+            edited = attn(hidden, encoder_hidden_states=ctx)
+
+        def split(t):
+            return t.view(t.shape[0], t.shape[1], heads, dim_head).transpose(1, 2)
+
+        q = split(attn.to_q(hidden[:1]))
+        k = attn.to_k(ctx[:1, keep])
+        k[:, [0, 4]] *= c_bos  # keep[0] == 0 and keep[4] == 77: both BOS keys
+        k, v = split(k), split(attn.to_v(ctx[:1, keep]))
+        logits = q @ k.transpose(-1, -2) / dim_head**0.5
+        manual = attn.to_out[0]((logits.softmax(dim=-1) @ v).transpose(1, 2).reshape(1, 5, heads * dim_head))
+    assert torch.allclose(edited[0], manual[0], atol=1e-6)
+
+
+def test_still_above_is_the_verdicts_rule():
+    """A re-scored image is still flagged only strictly above the threshold (``judge``: ``score > threshold``)."""
+    assert still_above({"score_after": 1.5}, 1.0)
+    assert not still_above({"score_after": 1.0}, 1.0)
+    assert not still_above({"score_after": 0.5}, 1.0)
+    assert not still_above({"score_after": 2.0}, None)
+    assert not still_above({"score_after": None}, 1.0) and not still_above(None, 1.0) and not still_above({}, 1.0)
+
+
+def test_embedding_goes_target_ratio_below_the_target(tiny):
+    """``target_ratio`` moves the stopping point below the target (``auto`` stops at a quarter of the threshold)."""
+    case = _case(tiny)
+    target = case.scores[0] * 0.99
+    (plain,) = Embedding(max_iters=50, target=target)(case).reports
+    assert plain.score_after <= target and plain.notes == []
+    ratio = 0.8 * plain.score_after / target  # a stopping point 20% below where the target alone stopped
+    (lower,) = Embedding(max_iters=50, target=target, target_ratio=ratio)(case).reports
+    assert lower.score_after <= target * ratio < plain.score_after
+    assert lower.iterations > plain.iterations and lower.notes == []
+
+
+def test_auto_without_gradients_is_the_attention_edit_and_the_guidance_schedule(tiny):
+    """Where the host allows no gradients (Forge), ``auto`` leaves the conditioning as it is and runs Ren et al.'s
+    edit with Jain et al.'s schedule, no optimization."""
+    from memguard.mitigate import Auto
+
+    case = _case(tiny, seeds=(0, 1), target=case_target(tiny))
+    out = Auto(gradients=False)(case)
+    assert torch.equal(out.cond, case.cond)
+    assert out.attention == AttentionEdit() and len(out.guidance) == 2
+    assert [r.strategy for r in out.reports] == ["attention+guidance"] * 2
+    assert all(r.unet_backwards == 0 and r.iterations == 0 for r in out.reports)
+
+
+def case_target(model) -> float:
+    """Half the lowest first-step score of seeds 0 and 1 (a target the images are above)."""
+    return min(_case(model, seeds=(0, 1)).scores) / 2
+
+
 # --- guidance -----------------------------------------------------------------------------------------------------
 
 
@@ -405,9 +574,10 @@ def test_guidance_strategy():
         target=1.0,
         scores=[2.0, 3.0],
     )
-    out = Guidance(mode="static", before=-2.0, switch_t=500)(case)
+    out = Guidance(mode="static", before=-2.0, switch_t=500, latest=0.3)(case)
     assert len(out.guidance) == 2 and out.guidance[0] is not out.guidance[1]
     assert out.guidance[0].mode == "static" and out.guidance[0].before == -2.0 and out.guidance[0].switch_t == 500
+    assert [g.latest for g in out.guidance] == [0.3, 0.3]
     assert "opposite" in out.reports[0].notes[0]
     assert out.cond is case.cond
     with pytest.raises(ValueError):
@@ -435,6 +605,9 @@ def test_merge():
     assert r.strategy == "a+b" and r.score_before == 2.0 and r.iterations == 4
     assert r.unet_forwards == 4 and r.unet_backwards == 2 and r.unet_equivalents == 8
     assert m.attention == AttentionEdit() and m.guidance == ["g"]
+    # the other way round: each part comes from whichever intervention has it
+    m = merge(Intervention(torch.zeros(1), [Report("g")], guidance=["g"]), a)
+    assert m.guidance == ["g"] and m.attention == AttentionEdit() and torch.equal(m.cond, torch.zeros(1))
 
 
 def test_auto_keeps_the_optimized_embedding_and_adds_the_guidance_schedule(tiny):

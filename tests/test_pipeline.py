@@ -237,3 +237,33 @@ def test_score_prompts_keeps_input_order(tiny):
 def test_score_rejects_unknown_method(tiny):
     with pytest.raises(ValueError):
         score(tiny, PROMPT, [0], steps=4, method="bogus")
+
+
+def test_asthana_score_by_hand(tiny, tiny_dir):
+    """``method="asthana"``: ``gamma1 * d + gamma2 * cos``, with Wen's ``d`` at the first step and the cosine term
+    read on the same ``x_T`` with the network told the low-noise timestep ``timesteps[-3]``: at each pixel the
+    cosine between ``eps_u`` (the empty prompt) and ``eps_c - eps_u`` over the channels, averaged over pixels
+    (written out here with dot products)."""
+    steps, seeds, gammas = 10, [0, 3], (1.0, 2.0)
+    t_low = _scheduler(tiny_dir, steps).timesteps[-3]
+    cond, empty = _text(tiny, PROMPT), _text(tiny, "")
+    expected = []
+    for seed in seeds:
+        (d,), _ = plain_loop(tiny, tiny_dir, PROMPT, seed, steps=steps)
+        x = torch.randn((1, 3, 8, 8), generator=torch.Generator("cpu").manual_seed(seed))
+        with torch.no_grad():
+            eps_c = tiny.unet(x, t_low, encoder_hidden_states=cond).sample[0].double()
+            eps_u = tiny.unet(x, t_low, encoder_hidden_states=empty).sample[0].double()
+        g = eps_c - eps_u
+        cos = (eps_u * g).sum(0) / (eps_u.norm(dim=0) * g.norm(dim=0))  # (H, W)
+        expected.append(gammas[0] * d + gammas[1] * float(cos.mean()))
+    threshold = sum(expected) / 2  # between the two seeds' scores: one flagged
+    dets = score(tiny, PROMPT, seeds, steps=steps, method="asthana", gammas=gammas, threshold=threshold)
+    assert [det.method for det in dets] == ["asthana", "asthana"]
+    assert [det.score for det in dets] == pytest.approx(expected, rel=1e-4, abs=1e-5)
+    assert sorted(det.flagged for det in dets) == [False, True]
+    assert [det.flagged for det in dets] == [s > threshold for s in expected]
+    weights = score(tiny, PROMPT, seeds, steps=steps, method="asthana", gammas=(1.0, 0.0))
+    assert [det.score for det in weights] == pytest.approx(
+        [det.score for det in score(tiny, PROMPT, seeds, steps=steps)], rel=1e-5
+    )  # gamma2 = 0: Wen's d alone

@@ -13,7 +13,7 @@ from hostile_prompts import Markup
 from memguard.ui import actions
 from memguard.ui.charts import bin_scores, histogram_svg
 from memguard.ui.files import PromptFileError, parse_prompts, read_prompt_file, upload_path, write_audit_csv
-from memguard.ui.panel import heat_level, highlight_prompt, render_analysis, render_panel
+from memguard.ui.panel import heat_level, highlight_prompt, message, render_analysis, render_panel, seed_rows
 
 ATTACKS = ["<img src=x onerror=alert(1)>", '"><script>alert(1)</script>']
 ALLOWED_TAGS = {"div", "span", "p", "b", "ul", "li", "table", "thead", "tbody", "tr", "th", "td"}
@@ -87,6 +87,45 @@ def test_words_with_markup_inside_are_wrapped_and_escaped():
     assert "".join(parsed.text) == prompt
     assert ("data-word", "<b>bold</b>") in parsed.attrs
     assert ("data-memguard-target", "memguard_prompt") in parsed.attrs
+
+
+@pytest.mark.parametrize("attack", ATTACKS)
+def test_flagged_prompt_without_words_is_escaped_text(attack):
+    """A flagged image whose explanation found no words (explain off, interrupted, failed): its whole prompt is
+    the text after the last word, and it is still only text."""
+    prompt = f"a cat {attack} on a sofa"
+    for html in (render_panel([result(prompt, words=[])]), render_analysis(result(prompt, words=[]), [0], "m", "t")):
+        parsed = Markup(html)
+        assert set(parsed.tags) <= ALLOWED_TAGS and "<img" not in html and "<script" not in html
+        assert "memguard-word" not in html
+        assert prompt in "".join(parsed.text)
+        assert esc_text(prompt) in html
+
+
+@pytest.mark.parametrize("attack", ATTACKS)
+def test_text_between_and_after_words_is_escaped(attack):
+    """Words that cover only part of the prompt: the markup before, between and after them stays text."""
+    prompt = f"{attack} cat {attack} sofa {attack}"
+    cat, sofa = prompt.index(" cat ") + 1, prompt.index(" sofa ") + 1
+    words = [
+        {"text": "cat", "start": cat, "end": cat + 3, "value": 0.5, "normalized": 0.5},
+        {"text": "sofa", "start": sofa, "end": sofa + 4, "value": 1.0, "normalized": 1.0},
+    ]
+    html = highlight_prompt(prompt, words, "txt2img_prompt")
+    parsed = Markup(html)
+    assert parsed.tags == ["span", "span", "span"]  # the prompt and its two words, nothing else
+    assert "<img" not in html and "<script" not in html
+    assert "".join(parsed.text) == prompt
+    shown = html[html.index(">") + 1 :]  # the prompt's text, after the container's attributes (data-prompt)
+    assert shown.count(esc_text(attack)) == 3
+    assert [v for k, v in parsed.attrs if k == "data-word"] == ["cat", "sofa"]
+    panel = render_panel([result(prompt, words=words)])
+    assert set(Markup(panel).tags) <= ALLOWED_TAGS and panel.count(esc_text(attack)) >= 3
+
+
+def esc_text(text: str) -> str:
+    """How text must appear in the markup: ``&``, ``<``, ``>`` and quotes as entities (``html.escape``)."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace('"', "&quot;")
 
 
 def test_flagged_block_shows_highlighted_prompt_advice_and_threshold():
@@ -331,3 +370,67 @@ def test_unexpected_failures_are_one_line_messages():
 
     html = actions.analyze(lambda: Broken(), "a cat", 1)
     assert "memguard failed: RuntimeError: CUDA out of memory &lt;b&gt;" in html
+
+
+def test_touching_words_are_each_highlighted():
+    """Words that touch (``red`` and ``,`` in ``red,``: explain's words for a comma) each keep their span."""
+    prompt = "red, cat"
+    words = [
+        {"text": "red", "start": 0, "end": 3, "value": 1.0, "normalized": 1.0},
+        {"text": ",", "start": 3, "end": 4, "value": 0.2, "normalized": 0.2},
+        {"text": "cat", "start": 5, "end": 8, "value": 0.5, "normalized": 0.5},
+    ]
+    parsed = Markup(highlight_prompt(prompt, words))
+    assert [v for k, v in parsed.attrs if k == "data-word"] == ["red", ",", "cat"]
+    assert "".join(parsed.text) == prompt
+
+
+def _meter(html: str) -> list[tuple[str, str, str]]:
+    """``(state, width, verdict)`` of every seed row of :func:`seed_rows`."""
+    import re
+
+    rows = re.findall(r'memguard-meter-(over|under|none)" style="width:([0-9.]+)%".*?<td>([^<]*)</td></tr>', html)
+    return [(state, width, verdict) for state, width, verdict in rows]
+
+
+def test_seed_rows_judge_like_the_verdict_and_mark_the_threshold_at_60_percent():
+    """A seed scoring exactly the threshold is not above it (flagged means ``score > threshold``); the meter puts
+    the threshold at 60% of its width and stops at 100%."""
+    html = seed_rows([0, 1, 2, 3], [2.0, 1.0, 4.0, float("nan")], 2.0)
+    assert _meter(html) == [
+        ("under", "60.0", "below"),
+        ("under", "30.0", "below"),
+        ("over", "100.0", "above"),
+        ("none", "0.0", "\u2014"),
+    ]
+    assert html.count("memguard-meter-mark") == 4
+    unjudged = seed_rows([0, 1], [1.0, 2.0], None)
+    assert _meter(unjudged) == [("none", "45.5", "\u2014"), ("none", "90.9", "\u2014")]  # against 1.1 x the highest
+    assert "memguard-meter-mark" not in unjudged
+
+
+def test_notices_come_first_as_escaped_info_messages():
+    notice = "calibrated this checkpoint automatically <b>at FPR 0.01</b>"
+    html = render_panel([result()], notices=[notice])
+    parsed = Markup(html)
+    assert set(parsed.tags) <= ALLOWED_TAGS and "<b>at" not in html
+    said = '<div class="memguard-message memguard-info" role="alert">'
+    assert html.index(said) < html.index('class="memguard-result ')
+    assert said + "calibrated this checkpoint automatically &lt;b&gt;at FPR 0.01&lt;/b&gt;</div>" in html
+    assert "memguard-message" not in render_panel([result()])
+
+
+@pytest.mark.parametrize(
+    ("kind", "shown"), [("error", "error"), ("warning", "warning"), ("info", "info"), ("bogus", "info")]
+)
+def test_message_kinds(kind, shown):
+    assert message("m", kind).startswith(f'<div class="memguard-message memguard-{shown}" role="alert">')
+
+
+def test_analysis_of_one_seed_and_of_a_prompt_that_is_not_flagged():
+    clear = {"prompt": "a cat", "scores": [1.0], "score": 1.0, "threshold": 1.5, "flagged": False}
+    text = " ".join(Markup(render_analysis(clear, [7], "abc", "memguard_prompt")).text)
+    assert "model abc, 1 seed" in text and "1 seeds" not in text
+    assert "No memorization detected" in text
+    assert "The colours show which words the score depends on most." in text
+    assert "Edit the highlighted words" not in text

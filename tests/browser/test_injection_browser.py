@@ -35,16 +35,33 @@ def assert_nothing_ran(session, where: str) -> None:
     assert active == []
 
 
+def assert_menu_shows(session, word: str, title: str) -> None:
+    """The word menu is open and shows ``word`` and the span's ``title`` as text (no element made of either)."""
+    page = session.page
+    page.wait_for_selector(".memguard-menu")
+    assert page.locator(".memguard-menu-title").text_content() == f"\u201c{word}\u201d {title}"
+    assert page.locator(".memguard-menu *:not(button)").count() == 1  # the title, and nothing parsed out of it
+    labels = page.locator(".memguard-menu-item").all_text_contents()
+    assert labels == [f"Remove \u201c{word}\u201d", f"De-emphasize as [{word}]"]
+    assert_nothing_ran(session, ".memguard-menu")
+
+
 def test_analyze_and_the_word_menu_show_payloads_as_text(session):
     page = session.page
     session.analyze(PROMPT, seeds=1)
     shown = page.locator("#memguard_analysis .memguard-prompt")
     assert shown.text_content() == PROMPT
     assert_nothing_ran(session, "#memguard_analysis")
-    word = page.locator("#memguard_analysis .memguard-word", has_text="onerror").first
+    # words the tokenizer leaves with markup characters in them ("</" opens a comment if parsed as markup, which
+    # would swallow the rest of the menu's title); each menu shows the word and its title as text
+    for text in ("</", "><", "onerror"):
+        word = page.locator(f"#memguard_analysis .memguard-word[data-word='{text}']").first
+        word.click()
+        assert_menu_shows(session, text, word.get_attribute("title"))
+        page.mouse.click(5, 5)  # a click elsewhere closes the menu
+        page.wait_for_selector(".memguard-menu", state="detached")
     word.click()
     page.wait_for_selector(".memguard-menu")
-    assert word.get_attribute("data-word") in PROMPT
     page.locator(".memguard-menu-item", has_text="Remove").click()
     assert session.prompt() != PROMPT
     assert_nothing_ran(session, "#tab_memorization")
@@ -92,11 +109,16 @@ def test_the_generation_panel_shows_payloads_as_text(panel_route):
     from memguard.result import ImageResult
 
     run = Run(mode="watch", threshold=1.0)
-    word = PROMPT.index("onerror")
+    word = PROMPT.index("a cat") + 2  # "cat", then a word that is a whole payload (the payload's words may say so)
+    payload = PROMPT.index(PAYLOADS[0])
+    words = [
+        {"text": "cat", "start": word, "end": word + 3, "value": 0.5, "normalized": 0.5},
+        {"text": PAYLOADS[0], "start": payload, "end": payload + len(PAYLOADS[0]), "value": 1.0, "normalized": 1.0},
+    ]
     run.results[0] = ImageResult(
         index=0, seed=PAYLOADS[1], prompt=PROMPT, score=2.0, d=2.0, threshold=1.0, threshold_source="", flagged=True,
-        sub_scores=[2.0], words=[{"text": "onerror", "start": word, "end": word + 7, "value": 1.0, "normalized": 1.0}],
-    )  # fmt: skip
+        sub_scores=[2.0], words=words,
+    )
     log = "\n".join(summary_lines(run))
     page = panel_route.page
     page.evaluate(
@@ -119,3 +141,8 @@ def test_the_generation_panel_shows_payloads_as_text(panel_route):
     assert "memguard-data:" not in page.locator("#html_log_txt2img .comments").text_content()
     assert json.loads(log.splitlines()[-1][len("memguard-data:") :])["results"][0]["prompt"] == PROMPT
     assert_nothing_ran(panel_route, "#html_log_txt2img")
+    # its word menu: the payload in the menu's title and buttons as text (a title written as markup would run it)
+    marked = panel.locator(".memguard-word").nth(1)
+    assert marked.get_attribute("data-word") == PAYLOADS[0] and marked.text_content() == PAYLOADS[0]
+    marked.click()
+    assert_menu_shows(panel_route, PAYLOADS[0], marked.get_attribute("title"))
