@@ -89,7 +89,7 @@ def calibrate_into(
 
 @dataclass
 class PipelineService:
-    """:class:`Service` over a :class:`memguard.pipeline.Model` and a calibration store."""
+    """:class:`Service` over a :class:`memguard.model.Model` and a calibration store."""
 
     model: Model
     store: CalibrationStore

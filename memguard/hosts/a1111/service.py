@@ -13,7 +13,7 @@ the accelerator's memory. Every model use here therefore holds the host's ``queu
 A1111 1.10 ``modules/call_queue.py``, kept by Forge), the lock every generation holds, one prompt at a time.
 
 Token significance is ``memguard.explain.significance``: Wen's gradient, or occlusion where the weights refuse a
-backward pass (Forge's are inference tensors, see ``forge_service``), said in the result's ``note``.
+backward pass (Forge's are inference tensors, see ``forge.service``), said in the result's ``note``.
 """
 
 from __future__ import annotations

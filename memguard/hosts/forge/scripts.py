@@ -1,4 +1,4 @@
-"""The WebUI scripts on Forge: A1111's two (``a1111_scripts.make_scripts``), the companion extended with Forge's
+"""The WebUI scripts on Forge: A1111's two (``a1111.scripts.make_scripts``), the companion extended with Forge's
 ``process_before_every_sampling`` hook (``modules/scripts.py``; AlwaysVisible scripts only), where memguard puts its
 post-CFG function on the pass's UNet patcher (:func:`memguard.hosts.forge.install`), and a ``postprocess`` that hands
 the patcher back before reporting."""
