@@ -207,7 +207,12 @@ def load_model(model_dir: str | os.PathLike) -> LatentDiffusion:
     then compute ``cond_stage_model_empty_prompt``."""
     from memguard.pipeline import Model
 
-    sd_model = model_class(model_dir)(Model.load(model_dir))
+    return use_model(model_class(model_dir)(Model.load(model_dir)))
+
+
+def use_model(sd_model: Any) -> Any:
+    """The rest of :func:`load_model` for a built model (tests swap in minimal doubles of other model families this
+    way): hijack, ``shared.sd_model``, checkpoint lists, ``on_model_loaded``, the empty-prompt cond."""
     sd_hijack.model_hijack.hijack(sd_model)
     sd_model.eval()
     model_data.sd_model = sd_model

@@ -32,6 +32,10 @@ class Flux(StableDiffusion):
         self.use_distilled_cfg_scale = self.distilled
         self.is_sd1 = self.is_sd2 = self.is_sdxl = self.is_sd3 = False
 
+    @torch.inference_mode()
+    def get_learned_conditioning(self, prompt: list[str]) -> torch.Tensor:
+        return self.text_processing_engine_l(prompt)
+
 
 def flow_engine(cls: type, mg_model: Any) -> Any:
     """An engine of ``cls`` over ``mg_model`` (weights already inference tensors from the first load)."""
