@@ -90,6 +90,18 @@ def test_sd2_flagged_image_is_explained_on_the_typed_words(sd2_host):
     assert all(prompt[w["start"] : w["end"]] == w["text"] for w in result["words"])
 
 
+@pytest.mark.parametrize("strategy", ["embedding", "attention"])
+def test_sd2_guard_applies_and_rescores_the_mitigation(sd2_host, strategy):
+    """The strategies run on SD2's conditioning and the mitigated first step is re-scored from the host's batch (on
+    these random weights neither needs to bring the score down: the optimizer's fixed step is large for them)."""
+    set_threshold(1e-6)
+    out = generate(sd2_host, GUARD, {guard_index(): strategy})
+    (result,) = results(out)
+    report = result["mitigation"]
+    assert data(out)["errors"] == [] and report["strategy"] == strategy
+    assert report["score_after"] > 0 and report["score_after"] != report["score_before"]
+
+
 def test_native_latent_of_real_checkpoints_is_probed_from_the_model():
     """Without a diffusers config (the real hosts' ldm/sgm UNets): 128x128 for SDXL, 96x96 for a v-prediction SD2,
     64x64 otherwise; the native size in pixels is that times the host's latent factor."""
