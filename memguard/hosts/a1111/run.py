@@ -12,6 +12,7 @@ import torch
 
 from ...algebra import BatchLayout, eps_from_x0
 from ...result import ImageResult
+from ..families import Unscorable
 from .host import current_threshold
 from .process import PROCESS
 
@@ -92,7 +93,7 @@ class Run:
             self.mode = "watch"
         self.abandon_mitigation()
 
-    def not_scorable(self, found: Any) -> None:
+    def not_scorable(self, found: Unscorable) -> None:
         """memguard does not apply (``hosts.families.Unscorable``): only say why, once; leave the generation alone."""
         if self.not_applicable is None:
             self.not_applicable = found.reason
