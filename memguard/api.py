@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import __version__
+from .hosts.families import NotApplicable
 from .service import Service, benign_prompts
 from .tokens import well_formed
 
@@ -254,6 +255,8 @@ def register_routes(app: Any, service_factory: Callable[[], Service], api_auth: 
                 return JSONResponse(await run_in_threadpool(call))
             except BadRequest as err:
                 return JSONResponse({"error": str(err)}, err.status)
+            except NotApplicable as err:  # a model memguard cannot score (hosts.families): the request cannot be met
+                return JSONResponse({"error": str(err)}, 409)
             except Exception as err:  # a model failure is the server's, said plainly
                 return JSONResponse({"error": f"memguard failed: {type(err).__name__}: {err}"}, 500)
 

@@ -60,8 +60,9 @@ def token_occlusion(
     positions not in ``positions``.
 
     ``s_i = mean_j max(0, d_j(e) - d_j(e with e_i := e_empty,i))``, ``d_j(e) = ||eps(x_T^j, e) - eps(x_T^j, "")||_2``
-    (Wen et al. 2024, Sec. 3.1), with ``empty`` the empty prompt's embedding ``(1 or n, L, C)``. Costs
-    ``len(positions) * n`` UNet rows, in calls of at most ``rows_per_call`` rows.
+    (Wen et al. 2024, Sec. 3.1), with ``empty`` the empty prompt's embedding ``(1 or n, L', C)``: one 77-token chunk
+    against a prompt of several is tiled (position ``i`` takes the empty chunk's ``i mod L'``, as the host pads with
+    empty chunks). Costs ``len(positions) * n`` UNet rows, in calls of at most ``rows_per_call`` rows.
     """
     n, length = cond.shape[0], cond.shape[1]
     with torch.no_grad():
@@ -73,7 +74,7 @@ def token_occlusion(
             rows = [j for _, j in part]
             occluded = cond[rows].clone()
             for k, (p, j) in enumerate(part):
-                occluded[k, p] = empty[min(j, empty.shape[0] - 1), p]
+                occluded[k, p] = empty[min(j, empty.shape[0] - 1), p % empty.shape[1]]
             d = wen_norm(eps_model(x[rows], occluded) - eps_empty[rows])
             for k, (p, j) in enumerate(part):
                 drops[p] += float(torch.clamp(full[j] - d[k], min=0)) / n

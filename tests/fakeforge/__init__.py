@@ -9,8 +9,8 @@ source, no code is copied (Forge is AGPL).
 
 * ``backend/`` (new): ``attention``, ``sampling/{sampling_function,condition}``, ``patcher/{base,unet}``,
   ``modules/k_model`` (``KModel`` + ``Prediction``), ``nn/unet`` (attn2 patches and replace patches really run inside
-  the UNet), ``diffusion_engine/{base,sd15}`` (the ``shared.sd_model`` object: ``forge_objects``,
-  ``text_processing_engine``, ``cond_stage_model`` None);
+  the UNet), ``diffusion_engine/{base,sd15,sdxl}`` (the ``shared.sd_model`` object: ``forge_objects``,
+  ``text_processing_engine`` or SDXL's ``text_processing_engine_l``/``_g``, ``cond_stage_model`` None);
 * ``modules_forge/`` (new): the package extensions probe to detect Forge;
 * ``modules/`` (overlay, searched before the A1111 double's ``modules``): ``sd_samplers_cfg_denoiser.py``;
 * :func:`install` applies Forge's remaining differences to the A1111 double, each citing ``modules/processing.py``:
@@ -23,7 +23,7 @@ source, no code is copied (Forge is AGPL).
 Reused unchanged from the A1111 double: options, state, callbacks (``on_cfg_denoiser``, ``on_cfg_after_cfg``),
 prompt parsing and scheduling, the k-diffusion samplers and their sigma schedules, scripts and their hooks,
 processing, infotext, images, the txt2img API. ``forge_freeu.make_freeu`` is a FreeU-like built-in
-that clones the patcher. Simplifications: k-diffusion samplers only, SD1 only, no ControlNet,
+that clones the patcher. Simplifications: k-diffusion samplers only, SD1 and SDXL, no ControlNet,
 LoRA, areas or masks, no memory management.
 
 Use it like the A1111 double::
@@ -82,9 +82,11 @@ def _forge_differences() -> None:
     if getattr(sd_models, "_forge", False):
         return
     from backend.diffusion_engine.sd15 import StableDiffusion
+    from backend.diffusion_engine.sdxl import StableDiffusionXL  # imports the A1111 SDXL double on ldm's class first
 
     sd_models._forge = True
     sd_models.LatentDiffusion = StableDiffusion  # backend/loader.py builds a ForgeDiffusionEngine
+    sd_models.DiffusionEngineXL = StableDiffusionXL
     a1111_reload = sd_models.reload_model_weights
 
     def forge_model_reload(*args: Any, **kwargs: Any) -> Any:

@@ -31,12 +31,20 @@ def crossattn(cond: Any) -> torch.Tensor:
 
 
 def with_crossattn(cond: Any, tensor: torch.Tensor) -> Any:
-    """``cond`` with its prompt context replaced by ``tensor`` (its prefix rows, if any, put back in front)."""
+    """``cond`` with its prompt context replaced by ``tensor`` (its prefix rows, if any, put back in front); an SDXL
+    dict keeps its other entries (``vector``) and its type: the host's ``prompt_parser.DictWithShape``, whose
+    ``shape`` A1111's ``CFGDenoiser.forward`` reads after ``on_cfg_denoiser``."""
     context = cond["crossattn"] if isinstance(cond, dict) else cond
     n = prefix(context)
     if n:
         tensor = torch.cat([context[: tensor.shape[0], :n].to(tensor.dtype), tensor], dim=-2)
-    return {**cond, "crossattn": tensor} if isinstance(cond, dict) else tensor
+    if not isinstance(cond, dict):
+        return tensor
+    replaced = {**cond, "crossattn": tensor}
+    try:
+        return type(cond)(replaced)
+    except TypeError:  # a dict type built some other way
+        return replaced
 
 
 def condition(cond: Any, image_cond: torch.Tensor) -> dict:

@@ -41,7 +41,15 @@ def record_step0(run: Run, p: Any, params: Any) -> None:
         timesteps=host.is_timesteps(params.denoiser),
         uncond_skipped=host.uncond_skipped(p, params.sigma),
         size_factor=size_factor(params.x.shape, native),
+        size=image_size(p),
     )
+
+
+def image_size(p: Any) -> tuple[int, int] | None:
+    """The (width, height) the host conditions the first pass on (``setup_conds``: ``SdConditioning(width=p.width,
+    height=p.height)``)."""
+    width, height = getattr(p, "width", None), getattr(p, "height", None)
+    return (int(width), int(height)) if width and height else None
 
 
 def adapter(run: Run, denoiser: Any) -> CFGDenoiserAdapter:
@@ -49,8 +57,12 @@ def adapter(run: Run, denoiser: Any) -> CFGDenoiserAdapter:
 
 
 def needs_reference(p: Any, step0: Step0) -> bool:
-    """Whether the host's uncond is not the empty prompt's (a negative prompt, or no uncond pass at step 0)."""
+    """Whether the host's uncond is not the empty reference (:func:`~.host.empty_cond`): a negative prompt, or no uncond
+    pass at step 0. SDXL's (a dict conditioning) is the reference only for a negative prompt that is exactly ``""``
+    (the host's ``force_zero_embeddings``); a blank one is encoded like ``""`` elsewhere."""
     negatives = getattr(p, "negative_prompts", None) or [getattr(p, "negative_prompt", "")]
+    if isinstance(step0.text_cond, dict):
+        return step0.uncond_skipped or any(n != "" for n in negatives)
     return step0.uncond_skipped or any(n.strip() for n in negatives)
 
 
@@ -72,7 +84,8 @@ def reference(denoiser: Denoiser, step0: Step0) -> torch.Tensor:
     """Empty-prompt eps on the unconditional rows' inputs: one extra batch of B rows."""
     lay = step0.layout
     rows = list(range(lay.n_cond, lay.n_cond + lay.batch))
-    return denoiser.eps(step0.x[rows], step0.sigma[rows], host.empty_cond(lay.batch), step0.image_cond[rows])
+    empty = host.empty_cond(lay.batch, step0.size)
+    return denoiser.eps(step0.x[rows], step0.sigma[rows], empty, step0.image_cond[rows])
 
 
 def score(run: Run, eps: torch.Tensor, ref: torch.Tensor | None, extra: bool, **flow: Any) -> FirstStep:
@@ -129,6 +142,27 @@ def record(run: Run, p: Any, denoiser: Denoiser, outcome: FirstStep, ref: torch.
         )
 
 
+def record_unscored(run: Run, p: Any) -> None:
+    """``process_batch`` of a job memguard does not apply to (``Run.not_applicable``): each image of the batch is
+    ``unscored`` with that reason, so that its infotext and the panel say so."""
+    seeds = getattr(p, "seeds", None) or []
+    prompts = getattr(p, "prompts", None) or []
+    count = len(seeds) or len(prompts) or int(getattr(p, "batch_size", 1) or 1)
+    offset = batch_offset(p, count)
+    for i in range(count):
+        run.results[offset + i] = ImageResult(
+            index=offset + i,
+            seed=seeds[i] if i < len(seeds) else None,
+            prompt=typed_prompt(p, i) if i < len(prompts) else "",
+            score=None,
+            d=None,
+            threshold=None,
+            threshold_source=run.threshold_source,
+            flagged=False,
+            reason=run.not_applicable or "",
+        )
+
+
 def by_image(step0: Step0, outcome: FirstStep) -> dict[int, Any]:
     """The intervention's reports (one per cond row) by image: each image's first row's."""
     if outcome.intervention is None:
@@ -168,7 +202,7 @@ def explain_image(
         return eps_model(denoiser, step0, [row] * n, take(cond, [0] * n))(x, context)
 
     tokens = host_tokens(encoded_subprompt(p, image, sub), typed_prompt(p, image))
-    empty = crossattn(host.empty_cond(1)).to(step0.x.device)
+    empty = crossattn(host.empty_cond(1, step0.size)).to(step0.x.device)
     positions = [t.position for t in tokens.tokens]
     values, note = significance(model, step0.x[[row]], crossattn(cond).detach().clone(), ref, empty, positions)
     return explain(tokens, values).to_dict()["words"], note

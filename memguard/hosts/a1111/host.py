@@ -108,16 +108,54 @@ def text_model() -> Any:
     raise RuntimeError("the loaded model has no prompt chunker (cond_stage_model or text_processing_engine)")
 
 
-def empty_cond(batch: int) -> Any:
-    """``e_empty``: the loaded model's conditioning of ``""``, repeated for ``batch`` rows (cached on the model)."""
+def conditioning_texts(texts: list[str], size: tuple[int, int] | None = None, negative: bool = False) -> Any:
+    """``texts`` as the host hands them to ``get_learned_conditioning`` (A1111 1.10 ``prompt_parser.SdConditioning``,
+    kept by Forge): with the image ``size`` (width, height in pixels; SDXL puts it in its vector, 1024 when missing)
+    and whether they are the negative prompts (SDXL encodes an all-empty negative prompt as zeros)."""
+    try:
+        from modules.prompt_parser import SdConditioning
+    except ImportError:
+        return list(texts)
+    width, height = size if size is not None else (None, None)
+    return SdConditioning(list(texts), width=width, height=height, is_negative_prompt=negative)
+
+
+def empty_cond(batch: int, size: tuple[int, int] | None = None) -> Any:
+    """``e_empty``, ``batch`` rows: what the host conditions an empty negative prompt on at image ``size`` (width,
+    height; None: the host's default), cached on the model per size.
+
+    That is Wen et al.'s unconditional reference in every model's own terms: the encoding of ``""`` for SD1 and SD2;
+    for SDXL the zero text embeddings (crossattn and pooled) with the size in the vector (A1111 1.10
+    ``modules/sd_models_xl.py: get_learned_conditioning`` passes ``force_zero_embeddings=["txt"]`` for an all-empty
+    negative prompt; Forge's ``backend/diffusion_engine/sdxl.py`` zeroes the same), the unconditional SDXL was trained
+    with (sgm's ``GeneralConditioner`` drops text by zeroing it). A generation with an empty negative prompt samples
+    with exactly this uncond, so scores read from its CFG batch and from memguard's own passes agree."""
     from modules import shared
 
-    cache = getattr(shared.sd_model, "_memguard_empty", None)
-    if cache is None:
-        cache = shared.sd_model.get_learned_conditioning([""])
+    model = shared.sd_model
+    cache = getattr(model, "_memguard_empty", None)
+    if not isinstance(cache, dict) or len(cache) > 16:
+        cache = {}
+    for value in cache.values():
+        if not isinstance(value, dict):  # SD1, SD2: the size is not part of the conditioning
+            return take(value, [0] * batch)
+    key = tuple(size) if size is not None else None
+    if key not in cache:
+        cache[key] = model.get_learned_conditioning(conditioning_texts([""], size, negative=True))
         with contextlib.suppress(AttributeError):
-            shared.sd_model._memguard_empty = cache
-    return take(cache, [0] * batch)
+            model._memguard_empty = cache
+    return take(cache[key], [0] * batch)
+
+
+def native_size(network: torch.nn.Module, sd_model: Any) -> tuple[int, int]:
+    """The native image size in pixels (width, height): :func:`native_latent` times the host's latent factor
+    (``modules/processing.py: opt_f``, 8; the test doubles sample pixels)."""
+    _, height, width = native_latent(network, sd_model)
+    try:
+        from modules.processing import opt_f
+    except ImportError:
+        opt_f = 8
+    return width * int(opt_f), height * int(opt_f)
 
 
 def is_timesteps(denoiser: Any) -> bool:

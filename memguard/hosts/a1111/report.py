@@ -10,6 +10,7 @@ from typing import Any
 
 from ... import __version__
 from ...result import PAYLOAD_VERSION, ImageResult
+from .. import families
 from .process import log_failure
 from .run import Run, batch_offset
 
@@ -59,9 +60,18 @@ class Label:
 STRATEGY = Label("Memguard strategy", paste="strategy")  # the guard script's, once per generation
 FORCE = Label("Memguard force", paste="force")
 VERSION = Label("Memguard version")
+
+
+def _reason(r: ImageResult) -> str | None:
+    """Why an ``unscored`` image has no score, when memguard does not apply to its model or job
+    (``not-applicable/flow-matching``, ``.../guidance-distilled``, ``.../img2img``: ``hosts.families``)."""
+    return families.infotext_value(r.reason) if r.score is None else None
+
+
 INFOTEXT = (
     Label("Memguard score", _score),
     Label("Memguard verdict", lambda r: r.verdict),
+    Label("Memguard reason", _reason),
     Label("Memguard threshold", _threshold),
     Label("Memguard mitigation", _mitigation),
     STRATEGY,
@@ -95,11 +105,11 @@ def summary_lines(run: Run) -> list[str]:
     """Readable lines for the generation's log (``p.comment``), plus one data line the panel script renders."""
     lines = [f"memguard: {n}" if not n.startswith("memguard") else n for n in run.notices]
     for r in run.ordered():
-        if r.score is None:
+        if r.score is None and not run.not_applicable:  # not applicable: the notice said why, once
             lines.append(f"memguard could not score image {r.index + 1}: {r.reason or 'unknown'}")
         elif r.flagged:
             lines.append(_flagged_line(r))
-    if run.results and all(r.threshold is None for r in run.results.values()):
+    if run.results and not run.not_applicable and all(r.threshold is None for r in run.results.values()):
         lines.append(f"memguard: scores recorded but not judged: {run.threshold_source}")
     for error in run.errors:
         lines.append(f"memguard could not score this generation: {error}")

@@ -12,6 +12,7 @@ import torch
 
 from ...algebra import BatchLayout, eps_from_x0
 from ...result import ImageResult
+from ..families import Unscorable
 from .host import current_threshold
 from .process import PROCESS
 
@@ -31,6 +32,7 @@ class Step0:
     timesteps: bool
     uncond_skipped: bool
     size_factor: float = 1.0  # detect.size_factor of this latent against the model's native one
+    size: tuple[int, int] | None = None  # the image size (width, height) the host conditioned on (SDXL's vector)
 
     def judged(self, d: float | None) -> float | None:
         """Wen's ``d`` of this step's latent in the units scores are judged in (the native size's)."""
@@ -65,6 +67,7 @@ class Run:
     reference: torch.Tensor | None = None
     errors: list[str] = field(default_factory=list)
     notices: list[str] = field(default_factory=list)  # what memguard did once, said in the panel and the log
+    not_applicable: str | None = None  # why memguard does not apply to this job or model (each image's reason)
     owner: Any = None  # weak reference to the processing object the run was started on (copies share the run)
 
     def reset_batch(self) -> None:
@@ -88,6 +91,14 @@ class Run:
             self.errors.append(message)
         if self.mode == "mitigate":
             self.mode = "watch"
+        self.abandon_mitigation()
+
+    def not_scorable(self, found: Unscorable) -> None:
+        """memguard does not apply (``hosts.families.Unscorable``): only say why, once; leave the generation alone."""
+        if self.not_applicable is None:
+            self.not_applicable = found.reason
+            self.notices.append(found.notice)
+        self.mode = "report"
         self.abandon_mitigation()
 
     def guard(self, what: str, fn: Any, *args: Any) -> None:

@@ -10,8 +10,8 @@ import time
 from typing import Any
 
 from ... import strategies
-from .. import autocalibrate, request, settings
-from . import report
+from .. import autocalibrate, families, request, settings
+from . import first_step, report
 from .host import model_key
 from .process import log_failure
 from .run import ATTR, Run, finish, run_of, start, start_failed
@@ -107,6 +107,9 @@ def make_scripts() -> tuple[type, type]:
                     explain=bool(options.get("explain", settings.get("memguard_explain"))),
                     force=mitigate and options.get("force", False),
                 )
+            found = families.unscorable(p)
+            if found is not None:  # probed here: the host has loaded the job's model by now (Forge: lazily)
+                run.not_scorable(found)
             if "threshold" in options:
                 run.threshold, run.threshold_source = options["threshold"], "manual threshold (request)"
             if settings.get("memguard_infotext"):
@@ -115,6 +118,9 @@ def make_scripts() -> tuple[type, type]:
         def process_batch(self, p: Any, *args: Any, **kwargs: Any) -> None:
             run = getattr(p, ATTR, None)
             if run is None:
+                return
+            if run.not_applicable:
+                run.guard("reporting", first_step.record_unscored, run, p)
                 return
             try:
                 autocalibrate.judge_batch(run, p)

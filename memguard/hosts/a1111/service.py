@@ -4,8 +4,9 @@ loaded (A1111 1.10 ``shared.sd_model``, an ldm/sgm ``LatentDiffusion``).
 Outside a generation memguard evaluates the model itself, with Wen et al.'s protocol at the first step of a
 k-diffusion sampler (every WebUI k-diffusion schedule starts at ``sigma_max``, i.e. model timestep 999): ``x_T`` is
 unit Gaussian noise drawn from the seed on the CPU, the latent is 64x64 (512 px; 128x128 for SDXL), and the
-reference is the model's own encoding of the empty prompt. Scores from the tab, the API, calibration and the
-watcher at a k-diffusion sampler's first step are therefore on the same scale.
+reference is what the model conditions an empty negative prompt on (``host.empty_cond``: the encoding of ``""``; SDXL's
+zero text embeddings), prompts and reference conditioned at the native size (SDXL's vector). Scores from the tab, the
+API, calibration and the watcher at a k-diffusion sampler's first step are therefore on the same scale.
 
 The tab and the API run on other threads than the generations (A1111 lets gradio run 64 events at once), and a
 generation may have hooks on the UNet (memguard's own attention edit, other extensions'), offload it, or need all
@@ -32,6 +33,7 @@ from ...algebra import eps_from_v
 from ...detect import wen_norm
 from ...explain import explain, significance
 from ...service import calibrate_into, result
+from .. import families
 from . import host
 from .conditioning import crossattn, take, with_crossattn
 from .prompt_tokens import host_tokens
@@ -49,6 +51,9 @@ class A1111Service:
 
         if shared.sd_model is None:
             raise RuntimeError("no checkpoint is loaded")
+        found = families.model_unscorable(shared.sd_model)
+        if found is not None:
+            raise families.NotApplicable(f"{found.notice.split(';')[0]} (the loaded checkpoint)")
         return shared.sd_model
 
     def model_id(self) -> str:
@@ -61,7 +66,15 @@ class A1111Service:
         return host.current_threshold()[1]
 
     def _cond(self, texts: list[str]) -> Any:
-        return self._model().get_learned_conditioning(texts)
+        """The prompts' conditioning at the native size (SDXL's vector carries the size, as in a generation)."""
+        return self._model().get_learned_conditioning(host.conditioning_texts(texts, self._size()))
+
+    def _empty(self, n: int) -> Any:
+        """The empty reference (:func:`~.host.empty_cond`) at the native size, ``n`` rows."""
+        return host.empty_cond(n, self._size())
+
+    def _size(self) -> tuple[int, int]:
+        return host.native_size(self._network(), self._model())
 
     def _network(self) -> torch.nn.Module:
         """The UNet itself (for the latent shape and the device)."""
@@ -86,7 +99,7 @@ class A1111Service:
     def _scores(self, text: str, seeds: Sequence[int]) -> tuple[list[float], Any, torch.Tensor, torch.Tensor]:
         n = len(seeds)
         cond = take(self._cond([text]), [0] * n)
-        empty = host.empty_cond(n)
+        empty = self._empty(n)
         x = self._noise(seeds)
         with torch.no_grad():
             eps_e = self._eps(x, empty)
@@ -170,7 +183,7 @@ class A1111Service:
         batches = [g[k : k + CALIBRATION_BATCH] for g in groups.values() for k in range(0, len(g), CALIBRATION_BATCH)]
         with use(), torch.no_grad():
             x = self._noise([0])
-            eps_e = self._eps(x, host.empty_cond(1))
+            eps_e = self._eps(x, self._empty(1))
         scores = [-math.inf] * len(prompts)
         for done, batch in enumerate(batches, 1):
             if interrupted():
@@ -199,7 +212,7 @@ class A1111Service:
         def eps_model(xx: torch.Tensor, crossattn: torch.Tensor) -> torch.Tensor:
             return self._eps(xx, with_crossattn(take(cond, [0] * xx.shape[0]), crossattn))
 
-        empty = crossattn(host.empty_cond(1))
+        empty = crossattn(self._empty(1))
         positions = [t.position for t in tokens.tokens]
         values, note = significance(eps_model, x, crossattn(cond), eps_e, empty, positions)
         return result(prompt, scores, tau, **explain(tokens, values).to_dict(), note=note)

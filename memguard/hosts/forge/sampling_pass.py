@@ -131,6 +131,7 @@ class Pass(AttentionPatch):
             timesteps=False,
             uncond_skipped=not bool(torch.any(uncond_x0)),
             size_factor=size_factor(x.shape, native),
+            size=shared.image_size(self.p),
         )
 
     # --- mitigation ----------------------------------------------------------------------------------------------

@@ -15,7 +15,8 @@ params, ``params.txt`` (first batch), ``p.sample(...)``, ``post_sample``, decodi
 settings restored.
 
 Simplifications: the model works in pixel space, so ``opt_f`` is 1 (``p.width`` x ``p.height`` is the sample
-size) and decoding is the identity; no face restoration, tiling, token merging, refiner or img2img processing;
+size) and decoding is the identity; no face restoration, tiling, token merging or refiner; img2img is a minimal
+double (``processing_img2img.py``, exported here as the host has it);
 the hires fix supports latent upscalers only (any other ``hr_upscaler`` raises, as the host does for an unknown
 upscaler name); ``program_version()`` is "v1.10.1".
 """
@@ -1193,3 +1194,6 @@ class StableDiffusionProcessingTxt2Img(StableDiffusionProcessing):
             ]
             self.hr_prompts, self.hr_extra_network_data = extra_networks.parse_prompts(self.hr_prompts)
         return res
+
+
+from modules.processing_img2img import StableDiffusionProcessingImg2Img  # noqa: E402, F401  (the host defines it here)

@@ -13,7 +13,12 @@ Behaviour kept:
   the final layer norm), then the emphasis of ``opts.emphasis``; ``torch.hstack`` of the chunks -> (B, 77*k, C);
   sets ``model_hijack.extra_generation_params["Emphasis"]`` like the host.
 
-Simplification: no textual-inversion embeddings (``fixes`` stay empty), SD1 only (``id_pad == id_end``).
+* ``return_pooled`` (SDXL's CLIP-G): ``forward`` returns ``(z, pooled)``, the pooled output of the first chunk, kept on
+  ``z.pooled`` through the emphasis (``process_tokens``); ``id_pad != id_end`` (OpenCLIP) pads after the first EOS;
+* ``FrozenCLIPEmbedderForSDXLWithCustomWords``: SDXL's CLIP-L (the wrapped embedder's ``layer``/``layer_idx``,
+  ``opts.sdxl_clip_l_skip``). The OpenCLIP wrappers (SD2, SDXL's CLIP-G) are in ``sd_hijack_open_clip.py``.
+
+Simplification: no textual-inversion embeddings (``fixes`` stay empty).
 """
 
 from __future__ import annotations
@@ -156,6 +161,8 @@ class TextConditionalModel(torch.nn.Module):
             zs.append(self.process_tokens([c.tokens for c in batch], [c.multipliers for c in batch]))
         if any("(" in x or "[" in x for x in texts) and opts.emphasis != "Original":
             self.hijack.extra_generation_params["Emphasis"] = opts.emphasis
+        if self.return_pooled:
+            return torch.hstack(zs), zs[0].pooled
         return torch.hstack(zs)
 
     def process_tokens(
@@ -167,12 +174,16 @@ class TextConditionalModel(torch.nn.Module):
             for row, ids in enumerate(remade_batch_tokens):
                 tokens[row, ids.index(self.id_end) + 1 :] = self.id_pad
         z = self.encode_with_transformers(tokens)
+        pooled = getattr(z, "pooled", None)
         emphasis = sd_emphasis.get_current_option(opts.emphasis)()
         emphasis.tokens = remade_batch_tokens
         emphasis.multipliers = torch.asarray(batch_multipliers).to(devices.device)
         emphasis.z = z
         emphasis.after_transformers()
-        return emphasis.z
+        z = emphasis.z
+        if pooled is not None:
+            z.pooled = pooled
+        return z
 
 
 def _text_model(transformer: torch.nn.Module) -> torch.nn.Module:
@@ -240,3 +251,16 @@ class FrozenCLIPEmbedderWithCustomWords(FrozenCLIPEmbedderWithCustomWordsBase):
             "input_ids"
         ]
         return embedding_layer.token_embedding(ids).squeeze(0)
+
+
+class FrozenCLIPEmbedderForSDXLWithCustomWords(FrozenCLIPEmbedderWithCustomWords):
+    """SDXL's CLIP-L: the hidden state the wrapped sgm embedder names (``layer`` "hidden" at ``layer_idx``), or
+    ``CLIP_stop_at_last_layers`` from the end with ``opts.sdxl_clip_l_skip``; no final layer norm."""
+
+    def encode_with_transformers(self, tokens: torch.Tensor) -> torch.Tensor:
+        outputs = self.wrapped.transformer(input_ids=tokens, output_hidden_states=self.wrapped.layer == "hidden")
+        if opts.sdxl_clip_l_skip is True:
+            return outputs.hidden_states[-opts.CLIP_stop_at_last_layers]
+        if self.wrapped.layer == "last":
+            return outputs.last_hidden_state
+        return outputs.hidden_states[self.wrapped.layer_idx]

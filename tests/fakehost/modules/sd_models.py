@@ -17,6 +17,8 @@ The model is a diffusers directory loaded with ``memguard.pipeline.Model.load`` 
   with diffusers names (``down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k``) instead of ldm's
   (``input_blocks.1.1.transformer_blocks.0.attn2.to_k``).
 * ``sd_model_hash`` / ``sd_checkpoint_info.shorthash`` = ``Model.model_hash`` (10 hex digits).
+* the model kind is probed from the directory (:func:`model_class`): SDXL (``sd_models_xl.DiffusionEngine``, a second
+  text encoder), SD2 (:class:`OpenCLIPLatentDiffusion`, an OpenCLIP-H-wide text encoder), else SD1.
 
 Simplification: the model samples in pixel space (no VAE): ``decode_first_stage`` is the identity and
 ``processing.opt_f`` is 1, so ``p.width``/``p.height`` are the sample's pixel size.
@@ -25,6 +27,7 @@ Simplification: the model samples in pixel space (no VAE): ``decode_first_stage`
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -159,9 +162,44 @@ checkpoint_aliases: dict[str, CheckpointInfo] = {}
 checkpoints_list: dict[str, CheckpointInfo] = {}
 
 
+class OpenCLIPLatentDiffusion(LatentDiffusion):
+    """An SD2 checkpoint: ldm's ``LatentDiffusion`` with ``FrozenOpenCLIPEmbedder`` (``layer="penultimate"``) hijacked
+    as ``sd_hijack_open_clip.FrozenOpenCLIPEmbedderWithCustomWords`` (``is_sd2``: ``sd_models.set_model_type`` sees a
+    ``cond_stage_model`` with a ``model``)."""
+
+    def __init__(self, mg_model: Any):
+        super().__init__(mg_model)
+        from modules import sd_hijack_open_clip
+
+        wrapped = sd_hijack_open_clip.FrozenOpenCLIPEmbedder(mg_model.tokenizer, mg_model.text_encoder)
+        hijacked = sd_hijack_open_clip.FrozenOpenCLIPEmbedderWithCustomWords(wrapped, sd_hijack.model_hijack)
+        self.cond_stage_model = hijacked
+        self.is_sd1, self.is_sd2 = False, True
+
+
+def model_class(model_dir: str | os.PathLike) -> type:
+    """Which model the checkpoint builds, probed from its parts as ``sd_models_config``'s
+    ``guess_model_config_from_state_dict`` does from the state dict: a second text encoder (SDXL's conditioner), else
+    a text encoder 1024 wide (SD2's OpenCLIP-H), else SD1. Looked up at call time: the Forge double's engines take
+    the places (``LatentDiffusion``, ``DiffusionEngineXL``)."""
+    path = Path(model_dir)
+    if (path / "text_encoder_2").is_dir():
+        if DiffusionEngineXL is None:
+            from modules.sd_models_xl import DiffusionEngine
+
+            return DiffusionEngine
+        return DiffusionEngineXL
+    config = json.loads((path / "text_encoder" / "config.json").read_text(encoding="utf-8"))
+    return OpenCLIPLatentDiffusion if config.get("hidden_size") == 1024 else LatentDiffusion
+
+
+DiffusionEngineXL: type | None = None  # sd_models_xl.DiffusionEngine unless the Forge double puts its engine here
+
+
 def get_empty_cond(sd_model: LatentDiffusion) -> torch.Tensor:
-    """Mirrors ``sd_models.get_empty_cond``: the conditioning of the empty prompt, (1, 77, C)."""
-    return sd_model.get_learned_conditioning([""])
+    """Mirrors ``sd_models.get_empty_cond``: the conditioning of the empty prompt, (1, 77, C) (SDXL's crossattn)."""
+    d = sd_model.get_learned_conditioning([""])
+    return d["crossattn"] if isinstance(d, dict) else d
 
 
 def load_model(model_dir: str | os.PathLike) -> LatentDiffusion:
@@ -169,7 +207,12 @@ def load_model(model_dir: str | os.PathLike) -> LatentDiffusion:
     then compute ``cond_stage_model_empty_prompt``."""
     from memguard.pipeline import Model
 
-    sd_model = LatentDiffusion(Model.load(model_dir))
+    return use_model(model_class(model_dir)(Model.load(model_dir)))
+
+
+def use_model(sd_model: Any) -> Any:
+    """The rest of :func:`load_model` for a built model (tests swap in minimal doubles of other model families this
+    way): hijack, ``shared.sd_model``, checkpoint lists, ``on_model_loaded``, the empty-prompt cond."""
     sd_hijack.model_hijack.hijack(sd_model)
     sd_model.eval()
     model_data.sd_model = sd_model

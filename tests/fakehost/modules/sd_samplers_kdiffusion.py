@@ -5,9 +5,10 @@ Samplers: "DPM++ 2M" (Karras schedule by default), "Euler a" and "Euler" (the mo
 k-diffusion samplers of the host are listed in :data:`samplers_k_diffusion_not_mirrored`; asking for one raises
 NotImplementedError instead of silently falling back.
 
-``CFGDenoiserKDiffusion.inner_model`` is ``k_diffusion.external.CompVisDenoiser(shared.sd_model)`` (or
-``CompVisVDenoiser`` for v models): called with ``(x, sigma, cond=...)`` it returns the x0 estimate
-``x - sigma * eps(x / sqrt(sigma^2 + 1), sigma_to_t(sigma))``; it has ``sigmas``, ``sigma_to_t``, ``t_to_sigma``.
+``CFGDenoiserKDiffusion.inner_model`` is the model's own ``create_denoiser()`` when it has one (SD3), else
+``k_diffusion.external.CompVisDenoiser(shared.sd_model)`` (or ``CompVisVDenoiser`` for v models): called with
+``(x, sigma, cond=...)`` it returns the x0 estimate ``x - sigma * eps(x / sqrt(sigma^2 + 1), sigma_to_t(sigma))``;
+it has ``sigmas``, ``sigma_to_t``, ``t_to_sigma``.
 ``sample`` scales the initial noise by ``sigmas[0]``; ``sample_img2img`` (the hires pass) starts at
 ``sigma_sched[0]`` with ``x + noise * sigma_sched[0]`` and runs ``t_enc + 1`` steps.
 """
@@ -63,6 +64,10 @@ class CFGDenoiserKDiffusion(sd_samplers_cfg_denoiser.CFGDenoiser):
     @property
     def inner_model(self) -> Any:
         if self.model_wrap is None:
+            denoiser_constructor = getattr(shared.sd_model, "create_denoiser", None)  # SD3: its own flow denoiser
+            if denoiser_constructor is not None:
+                self.model_wrap = denoiser_constructor()
+                return self.model_wrap
             denoiser = (
                 k_diffusion.external.CompVisVDenoiser
                 if shared.sd_model.parameterization == "v"

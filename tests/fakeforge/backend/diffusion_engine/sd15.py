@@ -33,14 +33,15 @@ from backend.patcher.unet import UnetPatcher
 from modules.sd_models import LatentDiffusion
 
 
-class StableDiffusion(LatentDiffusion):
-    def __init__(self, mg_model):
-        super().__init__(mg_model)
+class ForgeEngine:
+    """What every Forge engine double shares (``ForgeDiffusionEngine``): inference-tensor weights, ``forge_objects``
+    around a ``KModel``, no ``apply_model``, inference mode for the batch loop."""
+
+    def attach_forge_objects(self, mg_model, modules) -> None:
         with torch.inference_mode():
-            for param in [*mg_model.unet.parameters(), *mg_model.text_encoder.parameters()]:
-                param.data = param.data.clone()
-        self.text_processing_engine = self.cond_stage_model
-        self.cond_stage_model = None
+            for module in modules:
+                for param in module.parameters():
+                    param.data = param.data.clone()
         del self.model
         self.model = SimpleNamespace(conditioning_key="crossattn")
         prediction = mg_model.scheduler_config.get("prediction_type", "epsilon")
@@ -49,10 +50,7 @@ class StableDiffusion(LatentDiffusion):
         self.forge_objects = ForgeObjects(unet=UnetPatcher(kmodel), clip=None, vae=vae, clipvision=None)
         self.forge_objects_original = self.forge_objects.shallow_copy()
         self.forge_objects_after_applying_lora = self.forge_objects.shallow_copy()
-
-    @torch.inference_mode()
-    def get_learned_conditioning(self, prompt: list[str]) -> torch.Tensor:
-        return self.text_processing_engine(prompt)
+        self.use_distilled_cfg_scale = False
 
     def apply_model(self, *args, **kwargs):
         raise AttributeError("Forge's engine has no apply_model: the UNet is forge_objects.unet.model")
@@ -61,6 +59,18 @@ class StableDiffusion(LatentDiffusion):
     def ema_scope(self, context=None):
         with torch.inference_mode():
             yield
+
+
+class StableDiffusion(ForgeEngine, LatentDiffusion):
+    def __init__(self, mg_model):
+        super().__init__(mg_model)
+        self.text_processing_engine = self.cond_stage_model
+        self.cond_stage_model = None
+        self.attach_forge_objects(mg_model, [mg_model.unet, mg_model.text_encoder])
+
+    @torch.inference_mode()
+    def get_learned_conditioning(self, prompt: list[str]) -> torch.Tensor:
+        return self.text_processing_engine(prompt)
 
 
 def ordinary_weights(engine: StableDiffusion) -> None:

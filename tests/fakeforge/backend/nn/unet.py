@@ -17,7 +17,8 @@ module through ``cross_attention_kwargs`` and an attention processor per module 
 * self-attention (``attn1``) is plain (attn1 patches are not mirrored).
 
 Called without options (``unet(x, t, encoder_hidden_states=...)``) the processors compute exactly what diffusers'
-SDPA processor does.
+SDPA processor does. SDXL's ``y`` (the vector) is the UNet's ``label_emb`` input: diffusers' ``add_embedding``, fed
+through ``added_cond_kwargs`` (the SDXL engine double made ``add_time_proj`` the identity: ``y`` is embedded already).
 """
 
 from __future__ import annotations
@@ -105,4 +106,11 @@ class IntegratedUNet2DConditionModel(torch.nn.Module):
 
     def forward(self, x, timesteps=None, context=None, y=None, control=None, transformer_options=None, **kwargs):
         kwargs = {"transformer_options": transformer_options or {}}
-        return self.unet(x, timesteps, encoder_hidden_states=context, cross_attention_kwargs=kwargs).sample
+        added = None
+        if y is not None:  # SDXL: label_emb(y) is diffusers' add_embedding (see modules/sd_models_xl.py's double)
+            config = self.unet.config
+            pooled = int(config.projection_class_embeddings_input_dim) - 6 * int(config.addition_time_embed_dim)
+            added = {"text_embeds": y[:, :pooled], "time_ids": y[:, pooled:]}
+        return self.unet(
+            x, timesteps, encoder_hidden_states=context, cross_attention_kwargs=kwargs, added_cond_kwargs=added
+        ).sample
