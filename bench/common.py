@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import statistics
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -63,3 +65,162 @@ class Timer:
 
     def __exit__(self, *exc):
         self.seconds = time.perf_counter() - self.start
+
+
+# --- measurements that hold on a shared machine -------------------------------------------------------------------
+#
+# Every wall-time figure is a ratio of interleaved repeats: each round runs every case once (the order reversed on
+# every other round, so a slow drift of the machine's load weighs on all cases alike), the ratio is taken within the
+# round, and the table reports the median ratio over the rounds with its spread. Warm-up runs are not timed. The
+# machine's load (1-minute load average before and after, cores, torch threads) is printed with every table.
+# Memory is measured in a fresh process per configuration: the resident set after the weights are loaded is the
+# baseline, the kernel's high-water mark is reset there (``/proc/self/clear_refs``), and the peak after the run is read
+# from ``VmHWM``: the peak above the weights and the whole-process peak.
+
+
+def machine_load() -> dict:
+    """The 1-, 5- and 15-minute load averages, the cores and torch's threads now."""
+    import os
+
+    return {
+        "loadavg": [round(v, 2) for v in os.getloadavg()],
+        "cores": os.cpu_count(),
+        "threads": torch.get_num_threads(),
+    }
+
+
+class Load:
+    """Records :func:`machine_load` on entry and exit; ``line()`` says it under a table."""
+
+    def __enter__(self):
+        self.before = machine_load()
+        self.start = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc):
+        self.after = machine_load()
+        self.seconds = time.perf_counter() - self.start
+
+    def line(self) -> str:
+        b, a = self.before, self.after
+        return (
+            f"machine: {b['cores']} cores, torch {b['threads']} threads; load average (1/5/15 min) "
+            f"{'/'.join(map(str, b['loadavg']))} before, {'/'.join(map(str, a['loadavg']))} after "
+            f"({self.seconds:.0f} s)"
+        )
+
+
+@dataclass
+class Timings:
+    """Seconds per case and round: ``wall`` (perf_counter) and ``cpu`` (the process's CPU time, all its threads)."""
+
+    wall: dict[str, list[float]]
+    cpu: dict[str, list[float]]
+
+
+def interleave(cases: dict, repeats: int, warmup: int = 1, log=None) -> Timings:
+    """Time each case (a callable) over ``repeats`` rounds, A B C, C B A, A B C, ...; ``warmup`` untimed rounds first.
+    ``log(round, name, wall, cpu)`` is called after each timed run (progress on long benchmarks)."""
+    names = list(cases)
+    for _ in range(warmup):
+        for name in names:
+            cases[name]()
+    out = Timings({name: [] for name in names}, {name: [] for name in names})
+    for r in range(repeats):
+        for name in names if r % 2 == 0 else reversed(names):
+            start, start_cpu = time.perf_counter(), time.process_time()
+            cases[name]()
+            out.wall[name].append(time.perf_counter() - start)
+            out.cpu[name].append(time.process_time() - start_cpu)
+            if log is not None:
+                log(r, name, out.wall[name][-1], out.cpu[name][-1])
+    return out
+
+
+def print_progress(r: int, name: str, wall: float, cpu: float) -> None:
+    print(f"  round {r + 1}: {name}: {wall:.3f} s wall, {cpu:.3f} s CPU", flush=True)
+
+
+@dataclass
+class Ratio:
+    """Per-round ratios ``case / base``: their median, min-max and interquartile range."""
+
+    values: list[float]
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.values)
+
+    @property
+    def spread(self) -> tuple[float, float]:
+        return min(self.values), max(self.values)
+
+    @property
+    def iqr(self) -> tuple[float, float]:
+        if len(self.values) < 4:
+            return self.spread
+        q = statistics.quantiles(self.values, n=4, method="inclusive")
+        return q[0], q[2]
+
+    def __str__(self) -> str:
+        lo, hi = self.spread
+        return f"{self.median:.3f} ({lo:.3f}-{hi:.3f})"
+
+
+def ratio(times: dict[str, list[float]], case: str, base: str, invert: bool = False) -> Ratio:
+    """``times[case][i] / times[base][i]`` per round (``base / case`` with ``invert``: a speed-up)."""
+    pairs = zip(times[case], times[base])
+    return Ratio([(b / c) if invert else (c / b) for c, b in pairs])
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+def _status_kib(field: str) -> int:
+    import re
+
+    text = Path("/proc/self/status").read_text()
+    return int(re.search(rf"^{field}:\s+(\d+) kB", text, re.M).group(1))
+
+
+def peak_memory(run) -> dict:
+    """Call ``run()`` and report the resident set (KiB) before it (the baseline: weights loaded) and at its peak.
+
+    The peak is ``VmHWM`` after resetting the high-water mark to the current resident set (Linux ``clear_refs`` 5);
+    where that cannot be reset, ``ru_maxrss`` (the whole process's peak, which then also covers loading: run each
+    configuration in its own process and load nothing larger than the run before it)."""
+    import gc
+    import resource
+
+    gc.collect()
+    base = _status_kib("VmRSS")
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        reset = _status_kib("VmHWM") <= base + 1024
+    except OSError:
+        reset = False
+    run()
+    peak = _status_kib("VmHWM") if reset else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return {"base_kib": base, "peak_kib": peak, "above_kib": peak - base, "hwm_reset": reset}
+
+
+# glibc's malloc serves large blocks with mmap (returned to the system on free) above a threshold that it raises, up
+# to 32 MiB, each time such a block is freed; below it, freed memory stays in the heap, fragmented, and counted in the
+# resident set. Fixing the threshold (which turns the adjustment off) makes the resident set follow the live tensors.
+FIXED_MMAP = {"MALLOC_MMAP_THRESHOLD_": "131072"}
+
+
+def in_subprocess(script: str, *args: str, env: dict | None = None) -> dict:
+    """Run ``script args`` in a fresh interpreter (``env`` added to the environment) and return the JSON object on its
+    last line of output."""
+    import json
+    import os
+    import subprocess
+
+    out = subprocess.run(
+        [sys.executable, "-u", script, *args], capture_output=True, text=True, env={**os.environ, **(env or {})}
+    )
+    if out.returncode != 0:
+        raise RuntimeError(f"{script} {' '.join(args)} failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])

@@ -1,25 +1,29 @@
 """Cost of each memguard part on an SD1.5-sized UNet (random weights, built from the standard config) on this machine.
 
-Prints wall time as a ratio against plain DDIM + CFG sampling of the same image, the UNet evaluations each part adds
-(one evaluation = one UNet forward over one image row; a backward counts as two), and peak process memory of
-embedding optimization against plain sampling (each measured in its own subprocess).
+Wall time: every part against plain DDIM + CFG sampling of the same image, interleaved (plain, parts..., then the
+same round reversed, ...; one untimed warm-up round), the ratio taken within each round; the table gives the median
+ratio over ``--repeats`` rounds with its min-max, the UNet evaluations each part adds (one evaluation = one UNet
+forward over one image row; a backward counts as two) and the machine's load. Memory: one first step of plain
+sampling against one embedding-optimization iteration at ``--memory-latent`` (64 = 512 px), each configuration in a
+fresh process: the peak above the loaded weights and the whole-process peak (``bench/common.py``'s ``peak_memory``).
 
-    .venv/bin/python bench/cost.py [--latent 16] [--steps 10]
+    .venv/bin/python -u bench/cost.py [--latent 16] [--steps 10] [--repeats 5] [--memory-latent 64]
+    .venv/bin/python -u bench/cost.py --repeats 0              # memory only
+    .venv/bin/python -u bench/cost.py --memory-latent 0        # wall time only
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import resource
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import FIXED_MMAP, Load, in_subprocess, interleave, median, peak_memory, print_progress, ratio, table
 
 from memguard.miniature.train import DDIM_CONFIG
 from memguard.mitigate import Attention, Embedding, Guidance
@@ -64,75 +68,169 @@ def sd15(latent: int) -> Model:
     return model
 
 
-def timed(fn) -> tuple[float, object]:
-    start = time.perf_counter()
-    out = fn()
-    return time.perf_counter() - start, out
+# Memory configurations: one first step of plain sampling, and the first step with one embedding-optimization
+# iteration (forced: threshold 0, target 0) recomputing the given granularity in the backward pass.
+MEMORY = {
+    "plain": ("plain first step (CFG pair, no gradient)", None),
+    "embedding": ("embedding optimization, 1 iteration, recompute layers (default)", "layers"),
+    "embedding-nested": ("embedding optimization, 1 iteration, recompute blocks and layers in them", "nested"),
+    "embedding-blocks": ("embedding optimization, 1 iteration, recompute top-level blocks", "blocks"),
+    "embedding-none": ("embedding optimization, 1 iteration, no recomputation", "none"),
+}
+ALLOCATORS = {"fixed": FIXED_MMAP, "default": {}}
 
 
-def memory(mode: str, latent: int, steps: int) -> None:
-    """Subprocess body: report the peak RSS above the loaded model for one run of ``mode``."""
-    torch.set_num_threads(2)
+def memory(mode: str, latent: int, threads: int) -> dict:
+    """Subprocess body: the peak resident set of one run of ``mode`` above the loaded model, and in all."""
+    torch.set_num_threads(threads)
     model = sd15(latent)
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    if mode == "plain":
-        sample(model, PROMPT, [0], steps=steps, watch=False)
+    model.empty()  # the cached empty-prompt embedding is part of the loaded state
+    recompute = MEMORY[mode][1]
+    if recompute is None:
+        run = lambda: sample(model, PROMPT, [0], steps=1, watch=False)  # noqa: E731
     else:
-        sample(model, PROMPT, [0], steps=steps, threshold=0.0, strategy=Embedding(max_iters=3))
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({"model_kib": base, "peak_kib": peak}))
+        strategy = Embedding(max_iters=1, target=0.0, recompute=recompute)
+        run = lambda: sample(model, PROMPT, [0], steps=1, threshold=0.0, strategy=strategy)  # noqa: E731
+    return peak_memory(run)
+
+
+def timing(args) -> None:
+    torch.set_num_threads(args.threads)
+    model = sd15(args.latent)
+    s = args.steps
+    reports = {}
+
+    def mitigated(name, strategy):
+        def run():
+            reports[name] = sample(model, PROMPT, [0], steps=s, threshold=0.0, strategy=strategy)[0].mitigation
+
+        return run
+
+    parts = {
+        "plain DDIM + CFG sampling": (lambda: sample(model, PROMPT, [0], steps=s, watch=False), 2 * s, ""),
+        "watch (detect at step 1, empty negative)": (
+            lambda: sample(model, PROMPT, [0], steps=s, threshold=1e9),
+            2 * s,
+            "reads the CFG pair",
+        ),
+        "watch with a negative prompt": (
+            lambda: sample(model, PROMPT, [0], steps=s, threshold=1e9, negative="blurry"),
+            2 * s + 1,
+            "+1 empty-prompt row at step 1",
+        ),
+        "Asthana score (norm + angle), step 1 only": (
+            lambda: score(model, PROMPT, [0], steps=s, method="asthana"),
+            4,
+            "+1 CFG pass at low t",
+        ),
+        "token significance (step 1)": (
+            lambda: explain_prompt(model, PROMPT, [0], steps=s),
+            2 + 3,
+            "1 CFG pass + 1 forward/backward",
+        ),
+        "mitigate: embedding (10 iterations, forced)": (
+            mitigated("embedding", Embedding(max_iters=10, target=0.0)),
+            None,
+            "",
+        ),
+        "mitigate: embedding-blocks (10 iterations, recompute blocks only)": (
+            mitigated("embedding-blocks", Embedding(max_iters=10, target=0.0, recompute="blocks")),
+            None,
+            "",
+        ),
+        "mitigate: attention": (mitigated("attention", Attention()), None, ""),
+        "mitigate: guidance": (mitigated("guidance", Guidance()), None, ""),
+    }
+    base = next(iter(parts))
+
+    with Load() as load:
+        times = interleave({name: fn for name, (fn, _, _) in parts.items()}, args.repeats, log=print_progress)
+    rows = []
+    for name, (_, evals, note) in parts.items():
+        key = name.split(": ", 1)[1].split(" ")[0] if name.startswith("mitigate") else None
+        if key in reports:
+            evals = 2 * s + reports[key].unet_equivalents
+            note = "; ".join(reports[key].notes)[:60]
+        wall, cpu = ratio(times.wall, name, base), ratio(times.cpu, name, base)
+        rows.append([name, f"{median(times.wall[name]):.2f}", str(wall), str(cpu), f"{evals:g}", note])
+    table(
+        ["part", "median wall s", "wall ratio to plain (min-max)", "CPU ratio (min-max)", "UNet evals", "note"],
+        rows,
+        f"SD1.5-sized UNet (random weights), {8 * args.latent} px, DDIM {s} steps, batch 1, CPU fp32, "
+        f"{args.repeats} interleaved rounds",
+    )
+    print(load.line())
+
+
+def memory_table(args) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    runs = [(alloc, mode, r) for r in range(args.memory_repeats) for alloc in ALLOCATORS for mode in MEMORY]
+
+    def child(run):
+        alloc, mode, _ = run
+        argv = ["--memory", mode, "--memory-latent", str(args.memory_latent), "--threads", str(args.threads)]
+        out = in_subprocess(__file__, *argv, env=ALLOCATORS[alloc])
+        print(f"  {alloc} malloc, {mode}: {json.dumps(out)}", flush=True)
+        return out
+
+    with Load() as load, ThreadPoolExecutor(args.jobs) as pool:
+        results = dict(zip(runs, pool.map(child, runs)))
+    rows = []
+    for mode, (label, _) in MEMORY.items():
+        cells = [label]
+        for alloc in ALLOCATORS:
+            above = [results[alloc, mode, r]["above_kib"] / 2**10 for r in range(args.memory_repeats)]
+            vs = [
+                results[alloc, mode, r]["above_kib"] / results[alloc, "plain", r]["above_kib"]
+                for r in range(args.memory_repeats)
+            ]
+            whole = [
+                results[alloc, mode, r]["peak_kib"] / results[alloc, "plain", r]["peak_kib"]
+                for r in range(args.memory_repeats)
+            ]
+            cells += [_spread(above, "{:.0f}"), _spread(vs, "{:.2f}x"), _spread(whole, "{:.3f}x")]
+        rows.append(cells)
+    base = median([results[k]["base_kib"] for k in results if k[1] == "plain"]) / 2**20
+    side = 8 * args.memory_latent
+    header = ["run"]
+    for alloc in ALLOCATORS:
+        header += [f"{alloc}: above weights MiB", f"{alloc}: vs plain", f"{alloc}: whole process vs plain"]
+    table(
+        header,
+        rows,
+        f"Peak memory, SD1.5-sized UNet fp32 on CPU, {side}x{side} px (latent {args.memory_latent}), one fresh process "
+        f"per run, {args.memory_repeats} run(s) each (median, min-max); weights loaded: {base:.2f} GiB resident; "
+        "fixed: glibc mmap threshold fixed at 128 KiB (the resident set follows the live tensors), default: glibc as "
+        "it comes (freed blocks stay in a fragmented heap)",
+    )
+    print(load.line())
+
+
+def _spread(values: list[float], fmt: str) -> str:
+    if len(values) == 1:
+        return fmt.format(values[0])
+    return f"{fmt.format(median(values))} ({fmt.format(min(values))}-{fmt.format(max(values))})"
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--latent", type=int, default=16, help="latent side (16 = 128 px images)")
+    ap.add_argument("--latent", type=int, default=16, help="latent side for wall time (16 = 128 px images)")
     ap.add_argument("--steps", type=int, default=10)
-    ap.add_argument("--memory", choices=("plain", "embedding"), help=argparse.SUPPRESS)
+    ap.add_argument("--repeats", type=int, default=5, help="interleaved rounds (0: no wall-time table)")
+    ap.add_argument("--memory-latent", type=int, default=64, help="latent side for memory (0: no memory table)")
+    ap.add_argument("--memory-repeats", type=int, default=1, help="fresh processes per memory configuration")
+    ap.add_argument("--jobs", type=int, default=1, help="memory processes at a time (about 7 GB each at 512 px)")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--memory", choices=list(MEMORY), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.memory:
-        memory(args.memory, args.latent, args.steps)
+        print(json.dumps(memory(args.memory, args.memory_latent, args.threads)))
         return
-    torch.set_num_threads(2)
-    model = sd15(args.latent)
-    s = args.steps
-    sample(model, PROMPT, [0], steps=2, watch=False)  # warm-up
-    plain, _ = timed(lambda: sample(model, PROMPT, [0], steps=s, watch=False))
-    rows = [("plain DDIM + CFG sampling", plain, 2 * s, "")]
-    t, _ = timed(lambda: sample(model, PROMPT, [0], steps=s, threshold=1e9))
-    rows.append(("watch (detect at step 1, empty negative)", t, 2 * s, "reads the CFG pair"))
-    t, _ = timed(lambda: sample(model, PROMPT, [0], steps=s, threshold=1e9, negative="blurry"))
-    rows.append(("watch with a negative prompt", t, 2 * s + 1, "+1 empty-prompt row at step 1"))
-    t, _ = timed(lambda: score(model, PROMPT, [0], steps=s, method="asthana"))
-    rows.append(("Asthana score (norm + angle), step 1 only", t, 4, "+1 CFG pass at low t"))
-    t, _ = timed(lambda: explain_prompt(model, PROMPT, [0], steps=s))
-    rows.append(("token significance (step 1)", t, 2 + 3, "1 CFG pass + 1 forward/backward"))
-    for name, strategy in (
-        ("embedding", Embedding(max_iters=10, target=0.0)),
-        ("attention", Attention()),
-        ("guidance", Guidance()),
-    ):
-        t, gens = timed(lambda st=strategy: sample(model, PROMPT, [0], steps=s, threshold=0.0, strategy=st))
-        report = gens[0].mitigation
-        rows.append((f"mitigate: {name}", t, 2 * s + report.unet_equivalents, "; ".join(report.notes)[:60]))
-    print(f"SD1.5-sized UNet (random weights), {8 * args.latent}px, DDIM {s} steps, batch 1, CPU 2 threads, fp32")
-    print(f"{'part':<45} {'wall s':>8} {'ratio':>7} {'UNet evals':>11}  note")
-    for name, t, evals, note in rows:
-        print(f"{name:<45} {t:8.1f} {t / plain:7.3f} {evals:11g}  {note}")
-    peaks = {}
-    for mode in ("plain", "embedding"):
-        out = subprocess.run(
-            [sys.executable, __file__, "--memory", mode, "--latent", str(args.latent), "--steps", str(min(s, 3))],
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        peaks[mode] = json.loads(out.stdout.strip().splitlines()[-1])
-    p, e = peaks["plain"], peaks["embedding"]
-    print(
-        f"peak RSS: plain {p['peak_kib'] / 2**20:.2f} GiB, embedding optimization {e['peak_kib'] / 2**20:.2f} GiB "
-        f"(ratio {e['peak_kib'] / p['peak_kib']:.3f}); above the loaded model: "
-        f"{(p['peak_kib'] - p['model_kib']) / 2**10:.0f} MiB vs {(e['peak_kib'] - e['model_kib']) / 2**10:.0f} MiB"
-    )
+    if args.repeats:
+        timing(args)
+    if args.memory_latent:
+        memory_table(args)
 
 
 if __name__ == "__main__":

@@ -1,20 +1,20 @@
 """Overhead of memguard watching a WebUI generation, measured on the faithful A1111 double (tests/fakehost) with the
 miniature model: the same txt2img jobs with memguard's watch setting off and on, interleaved, same seeds.
 
-Prints wall-time ratios (watch / off) with an empty and with a non-empty negative prompt, and the UNet rows each
-adds (the non-empty negative prompt adds one batch of empty-prompt rows at step 1).
+Prints the ratio watch / off with an empty and with a non-empty negative prompt (per-round ratios of interleaved
+repeats, off, watch, watch, off, ...; one untimed warm-up round; median and min-max, by wall and by CPU time), the
+UNet rows each adds (the non-empty negative prompt adds one batch of empty-prompt rows at step 1) and the machine's
+load.
 
-    .venv/bin/python bench/watch_overhead.py [--repeats 5] [--steps 20] [--batch 4]
+    .venv/bin/python -u bench/watch_overhead.py [--repeats 15] [--steps 20] [--batch 4] [--threads 1]
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 
-from common import MODEL_DIR, ROOT, table
+from common import MODEL_DIR, ROOT, Load, interleave, median, ratio, table
 
 sys.path.insert(0, str(ROOT / "tests"))
 
@@ -23,20 +23,22 @@ import fakehost
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--repeats", type=int, default=15)
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
     import torch
 
-    torch.set_num_threads(1)
+    torch.set_num_threads(args.threads)
     host = fakehost.boot(MODEL_DIR, extension_dirs=[str(ROOT)])
     from modules import shared
 
     side = int(shared.sd_model.model.diffusion_model.config.sample_size)
     shared.opts.memguard_explain = False
 
-    def job(negative: str) -> float:
+    def job(negative: str, watch: bool) -> None:
+        shared.opts.memguard_watch = watch
         p = host.txt2img_processing(
             prompt="a red circle on the left",
             negative_prompt=negative,
@@ -47,27 +49,32 @@ def main() -> None:
             seed=3,
             sampler_name="Euler",
         )
-        start = time.perf_counter()
         host.run_txt2img(p)
-        return time.perf_counter() - start
 
     rows = []
-    for negative, label in (("", "empty negative prompt"), ("blurry", "negative prompt 'blurry'")):
-        times = {False: [], True: []}
-        job(negative)  # warm-up
-        for _ in range(args.repeats):
-            for watch in (False, True):
-                shared.opts.memguard_watch = watch
-                times[watch].append(job(negative))
-        off, on = statistics.median(times[False]), statistics.median(times[True])
-        extra = 0 if not negative else args.batch
-        rows.append([label, f"{off:.3f}", f"{on:.3f}", f"{on / off:.3f}", f"+{extra} rows at step 1"])
+    with Load() as load:
+        for negative, label in (("", "empty negative prompt"), ("blurry", "negative prompt 'blurry'")):
+            cases = {"off": lambda n=negative: job(n, False), "watch": lambda n=negative: job(n, True)}
+            times = interleave(cases, args.repeats)
+            extra = 0 if not negative else args.batch
+            wall, cpu = ratio(times.wall, "watch", "off"), ratio(times.cpu, "watch", "off")
+            rows.append(
+                [
+                    label,
+                    f"{median(times.wall['off']):.3f}",
+                    f"{median(times.wall['watch']):.3f}",
+                    str(wall),
+                    str(cpu),
+                    f"+{extra} rows at step 1",
+                ]
+            )
     table(
-        ["generation", "off s", "watch s", "ratio", "extra UNet rows"],
+        ["generation", "off s", "watch s", "wall ratio (min-max)", "CPU ratio (min-max)", "extra UNet rows"],
         rows,
         f"Watch overhead, fake A1111 + miniature, txt2img Euler {args.steps} steps, batch {args.batch}, "
-        f"median of {args.repeats}",
+        f"median of {args.repeats} interleaved rounds",
     )
+    print(load.line())
     fakehost.uninstall()
 
 

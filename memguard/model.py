@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -142,11 +143,16 @@ class Model:
         return tokenize(self.tokenizer, prompt)
 
     @torch.no_grad()
-    def encode(self, tokenized: Tokenized) -> torch.Tensor:
-        """``(1, 77 * n_chunks, C)``: each 77-token chunk encoded on its own, then concatenated (the WebUI's scheme)."""
-        ids = torch.tensor(tokenized.ids, device=self.device)
+    def encode(self, tokenized: Tokenized | Sequence[Tokenized]) -> torch.Tensor:
+        """``(1, 77 * n_chunks, C)``: each 77-token chunk encoded on its own, then concatenated (the WebUI's scheme).
+
+        A sequence of ``n`` prompts of equal chunk count gives ``(n, 77 * n_chunks, C)`` in one text-encoder call."""
+        many = [tokenized] if isinstance(tokenized, Tokenized) else list(tokenized)
+        if len({t.n_chunks for t in many}) != 1:
+            raise ValueError("prompts encoded together must have the same number of 75-token chunks")
+        ids = torch.tensor([row for t in many for row in t.ids], device=self.device)
         hidden = self.text_encoder(input_ids=ids).last_hidden_state
-        return hidden.reshape(1, -1, hidden.shape[-1]).to(self.dtype)
+        return hidden.reshape(len(many), -1, hidden.shape[-1]).to(self.dtype)
 
     def empty(self) -> torch.Tensor:
         """``e_empty``: the text encoder's embedding of ``""`` (Wen et al.'s reference), cached."""

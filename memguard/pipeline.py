@@ -22,7 +22,7 @@ from .flow import bos_positions, first_step
 from .mitigate.attention import cross_attention_modules, rescaled_attention
 from .mitigate.base import Case, Intervention, Report, Strategy
 from .model import CALIBRATION_FILE, Model, ModelError
-from .tokens import CONTEXT, Tokenized
+from .tokens import CONTEXT, Tokenized, tokenize_many
 
 __all__ = ["CALIBRATION_FILE", "Generation", "Model", "ModelError", "explain_prompt", "sample", "score"]
 
@@ -79,19 +79,22 @@ def _cfg(model: Model, x: torch.Tensor, t, cond: torch.Tensor, uncond: torch.Ten
 
 
 def _rows(model: Model, prompts: str | Sequence[str], n: int) -> tuple[list[Tokenized], torch.Tensor]:
-    """Tokenize and encode one prompt per image row (a single prompt is repeated); all must have as many chunks."""
+    """Tokenize and encode one prompt per image row (a single prompt is repeated); all must have as many chunks.
+
+    The distinct prompts are tokenized in one tokenizer call and encoded in one text-encoder call."""
     texts = [prompts] * n if isinstance(prompts, str) else list(prompts)
     if len(texts) != n:
         raise ValueError(f"{len(texts)} prompts for {n} seeds")
-    cache: dict[str, tuple[Tokenized, torch.Tensor]] = {}
+    index: dict[str, int] = {}
     for text in texts:
-        if text not in cache:
-            tok = model.tokenize(text)
-            cache[text] = (tok, model.encode(tok))
-    lengths = {cache[t][1].shape[1] for t in texts}
-    if len(lengths) > 1:
+        index.setdefault(text, len(index))
+    toks = tokenize_many(model.tokenizer, list(index))
+    if len({tok.n_chunks for tok in toks}) > 1:
         raise ValueError("prompts of one batch must have the same number of 75-token chunks; batch them by length")
-    return [cache[t][0] for t in texts], torch.cat([cache[t][1] for t in texts])
+    encoded = model.encode(toks)
+    rows = [index[t] for t in texts]
+    cond = encoded if rows == list(range(len(toks))) else encoded[torch.tensor(rows, device=encoded.device)]
+    return [toks[i] for i in rows], cond
 
 
 @dataclass
@@ -295,8 +298,8 @@ def score_prompts(
     """:func:`score` for many prompts: every (prompt, seed) row batched ``batch_size`` at a time, grouped by chunk
     count; returns one list of detections (one per seed) per prompt, in input order."""
     groups: dict[int, list[tuple[int, int]]] = {}
-    for i, prompt in enumerate(prompts):
-        groups.setdefault(model.tokenize(prompt).n_chunks, []).extend((i, s) for s in seeds)
+    for i, tok in enumerate(tokenize_many(model.tokenizer, prompts)):
+        groups.setdefault(tok.n_chunks, []).extend((i, s) for s in seeds)
     out: list[list[Detection]] = [[] for _ in prompts]
     for rows in groups.values():
         for start in range(0, len(rows), batch_size):

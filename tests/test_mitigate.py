@@ -644,3 +644,27 @@ def test_auto_adds_the_attention_edit_when_optimization_stays_above_the_threshol
     assert report.strategy == expected
     assert (out.attention is not None) == (not reachable)
     assert any("attention edit added" in n for n in report.notes) == (not reachable)
+
+
+@pytest.mark.parametrize("recompute", ["layers", "nested", "blocks"])
+def test_embedding_recompute_granularity_same_result(tiny, recompute):
+    """Recomputing blocks, layers or both (nested) in the backward pass changes nothing but memory and time."""
+    stored = Embedding(max_iters=3, recompute="none")(_case(tiny, seeds=(0, 1)))
+    got = Embedding(max_iters=3, recompute=recompute)(_case(tiny, seeds=(0, 1)))
+    assert torch.allclose(got.cond, stored.cond, rtol=1e-4, atol=1e-6)
+    assert [r.score_after for r in got.reports] == pytest.approx([r.score_after for r in stored.reports], rel=1e-4)
+    assert all("forward" not in vars(m) for m in tiny.unet.modules())  # every patched forward restored
+
+
+def test_checkpoint_units(tiny):
+    from memguard.mitigate.embedding import checkpoint_units
+
+    blocks = tiny.blocks()
+    layers = checkpoint_units(blocks, "layers")
+    kinds = {type(m).__name__ for m in layers}
+    assert {"ResnetBlock2D", "Transformer2DModel"} <= kinds
+    assert not set(blocks) & set(layers)
+    assert checkpoint_units(blocks, "nested") == [u for b in blocks for u in [b, *checkpoint_units([b], "layers")]]
+    assert checkpoint_units(blocks, "blocks") == blocks and checkpoint_units(blocks, "none") == []
+    with pytest.raises(ValueError):
+        checkpoint_units(blocks, "everything")

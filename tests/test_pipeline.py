@@ -267,3 +267,40 @@ def test_asthana_score_by_hand(tiny, tiny_dir):
     assert [det.score for det in weights] == pytest.approx(
         [det.score for det in score(tiny, PROMPT, seeds, steps=steps)], rel=1e-5
     )  # gamma2 = 0: Wen's d alone
+
+
+def test_batched_scan_scores_as_one_at_a_time(tiny):
+    """Batching (one tokenizer call, one text-encoder call, one UNet call per batch) changes no score beyond the last
+    bits of batched matmuls: batch sizes 1, 4 and 7 (a ragged last batch), a repeated prompt and a two-chunk one."""
+    from memguard.pipeline import score_prompts
+
+    prompts = [
+        PROMPT,
+        "a red dog on the grass",
+        "a blue square",
+        PROMPT,
+        " ".join(["cat"] * 80),
+        "an oil painting of a harbour at night",
+        "a green triangle on the right",
+        "a small yellow bird",
+        " ".join(["dog"] * 90),
+    ]
+    alone = score_prompts(tiny, prompts, [0, 3], batch_size=1, steps=4)
+    for batch in (4, 7):
+        batched = score_prompts(tiny, prompts, [0, 3], batch_size=batch, steps=4)
+        for a, b in zip(alone, batched):
+            assert [d.score for d in b] == pytest.approx([d.score for d in a], rel=1e-4)
+
+
+def test_encode_many_matches_encode_each(tiny):
+    from memguard.tokens import tokenize_many
+
+    prompts = [PROMPT, "", "a red dog on the grass"]
+    toks = tokenize_many(tiny.tokenizer, prompts)
+    assert toks == [tiny.tokenize(p) for p in prompts]
+    together = tiny.encode(toks)
+    assert together.shape[0] == 3
+    for i, tok in enumerate(toks):
+        assert torch.allclose(together[i : i + 1], tiny.encode(tok), rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError):
+        tiny.encode([toks[0], tiny.tokenize(" ".join(["cat"] * 80))])

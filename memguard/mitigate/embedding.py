@@ -8,7 +8,10 @@ on the *batch* norm of 4 images (about 1.5 per image on SD1.4); memguard stops e
 flagged) and ``target_ratio`` to go further below it.
 
 Only the embedding receives gradients (the model's parameters are frozen for the duration and no parameter gradient
-is ever allocated). Memory is bounded by activation checkpointing of the blocks the host names.
+is ever allocated). Memory is bounded by activation checkpointing (:func:`checkpoint_units`): by default the residual
+blocks, spatial transformers and resamplers inside the blocks the host names are recomputed one at a time in the
+backward pass, so it holds their inputs and one layer's activations. At 512 px on an SD1.5-sized UNet an iteration then
+needs about as much memory above the weights as the plain first step (``bench/cost.py``).
 """
 
 from __future__ import annotations
@@ -48,6 +51,57 @@ def checkpointed(modules: Sequence[torch.nn.Module]) -> Iterator[None]:
                 del m.forward
 
 
+# The UNet sub-modules recomputed one at a time at ``recompute="layers"`` (and inside each block at ``"nested"``):
+# residual blocks, spatial transformers (norm, projections and transformer blocks together: recomputing them whole
+# keeps one input per transformer instead of one per norm, attention and feed-forward), resamplers; diffusers' class
+# names and the ldm ones A1111/Forge use.
+LAYERS = {
+    "ResnetBlock2D": "resnet",
+    "ResBlock": "resnet",
+    "Transformer2DModel": "transformer",
+    "SpatialTransformer": "transformer",
+    "Downsample2D": "resample",
+    "Upsample2D": "resample",
+    "Downsample": "resample",
+    "Upsample": "resample",
+}
+
+
+def checkpoint_units(modules: Sequence[torch.nn.Module], recompute: str = "layers") -> list[torch.nn.Module]:
+    """The modules whose activations the backward pass recomputes instead of storing.
+
+    ``"layers"`` (the default): the :data:`LAYERS` inside each given module (a module with none is kept whole): the
+    backward pass keeps each layer's input and recomputes one layer at a time. ``"blocks"``: the modules as given (the
+    host's, e.g. the UNet's top-level blocks): fewer inputs kept, but a whole block recomputed at once, every activation
+    of it alive together (at 512 px on an SD1.5-sized UNet about twice the plain step's memory, against about the same
+    for ``"layers"`` at the same compute: ``bench/cost.py``). ``"nested"``: both, a block's recomputation keeping only
+    its layers' inputs, for a slightly lower peak at one more UNet forward per iteration. ``"none"``: every activation
+    stored (about 5x).
+    """
+    if recompute == "none":
+        return []
+    if recompute == "blocks":
+        return list(modules)
+    if recompute not in ("layers", "nested"):
+        raise ValueError(f"recompute must be 'nested', 'layers', 'blocks' or 'none', not {recompute!r}")
+    units: list[torch.nn.Module] = []
+    for module in modules:
+        found = _layers(module)
+        if recompute == "nested":
+            units.append(module)
+            units.extend(found)
+        else:
+            units.extend(found or [module])
+    return units
+
+
+def _layers(module: torch.nn.Module) -> list[torch.nn.Module]:
+    out = []
+    for child in module.children():
+        out.extend([child] if type(child).__name__ in LAYERS else _layers(child))
+    return out
+
+
 @contextmanager
 def frozen(modules: Sequence[torch.nn.Module]) -> Iterator[None]:
     """Turn off ``requires_grad`` on every parameter for the duration, then restore it."""
@@ -70,6 +124,7 @@ class Embedding:
     target: float | None = None
     target_ratio: float = 1.0
     weight_decay: float = 0.01
+    recompute: str = "layers"
     name: str = "embedding"
 
     def __call__(self, case: Case) -> Intervention:
@@ -78,7 +133,7 @@ class Embedding:
         target = (self.target if self.target is not None else case.target) * self.target_ratio
         reports = [Report(self.name, score_before=s) for s in case.scores]
         with ExitStack() as stack, torch.enable_grad():
-            stack.enter_context(checkpointed(case.checkpoint))
+            stack.enter_context(checkpointed(checkpoint_units(case.checkpoint, self.recompute)))
             if case.model is not None:
                 stack.enter_context(frozen([case.model]))
             e = case.cond.detach().clone().float().requires_grad_(True)
@@ -89,7 +144,8 @@ class Embedding:
             bos = torch.tensor(case.bos, dtype=torch.long)
             for it in range(self.max_iters + 1):
                 rows = active.nonzero().flatten()
-                eps = case.eps_model(case.x[rows], e[rows].to(case.cond.dtype))
+                with torch.set_grad_enabled(it < self.max_iters):  # the last evaluation needs no graph
+                    eps = case.eps_model(case.x[rows], e[rows].to(case.cond.dtype))
                 d = (eps.float() - case.eps_empty[rows].float()).flatten(1).norm(dim=1)
                 for j, r in enumerate(rows.tolist()):
                     reports[r].unet_forwards += 1
