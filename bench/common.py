@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import sys
 import time
@@ -17,22 +18,28 @@ sys.path.insert(0, str(ROOT))
 from memguard.miniature import MODEL_DIR  # noqa: E402
 from memguard.pipeline import Model  # noqa: E402
 
+MODEL_PATH = MODEL_DIR  # the model of this run: setup(path) sets it (--model; the SDXL miniature, say)
 
-def setup() -> Model:
-    torch.set_num_threads(2)
-    return Model.load(MODEL_DIR)
+
+def setup(path: Path | None = None) -> Model:
+    """Load the miniature (or ``path``: a miniature-like directory with ``prompts/``, ``references/``, ``eval/``)
+    with 2 torch threads (``MEMGUARD_BENCH_THREADS`` overrides: 1 is faster on a machine other jobs load)."""
+    global MODEL_PATH
+    torch.set_num_threads(int(os.environ.get("MEMGUARD_BENCH_THREADS", "2")))
+    MODEL_PATH = Path(path) if path is not None else MODEL_DIR
+    return Model.load(MODEL_PATH)
 
 
 def labelled(label: str) -> list[dict]:
-    """Rows of the miniature's ``prompts/labels.jsonl`` with this label (memorized, template, general)."""
-    lines = (MODEL_DIR / "prompts" / "labels.jsonl").read_text(encoding="utf-8").splitlines()
+    """Rows of the model's ``prompts/labels.jsonl`` with this label (memorized, template, general)."""
+    lines = (MODEL_PATH / "prompts" / "labels.jsonl").read_text(encoding="utf-8").splitlines()
     return [row for row in map(json.loads, lines) if row["label"] == label]
 
 
 def reference(row: dict) -> torch.Tensor:
     import numpy as np
 
-    return torch.from_numpy(np.load(MODEL_DIR / row["reference"])).float()
+    return torch.from_numpy(np.load(MODEL_PATH / row["reference"])).float()
 
 
 def table(header: list[str], rows: list[list], title: str) -> None:
@@ -219,7 +226,11 @@ def in_subprocess(script: str, *args: str, env: dict | None = None) -> dict:
     import subprocess
 
     out = subprocess.run(
-        [sys.executable, "-u", script, *args], capture_output=True, text=True, env={**os.environ, **(env or {})}
+        [sys.executable, "-u", script, *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        check=False,  # a failure is raised below with its stderr
     )
     if out.returncode != 0:
         raise RuntimeError(f"{script} {' '.join(args)} failed:\n{out.stderr[-3000:]}")

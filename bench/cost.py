@@ -146,8 +146,9 @@ def timing(args) -> None:
     with Load() as load:
         times = interleave({name: fn for name, (fn, _, _) in parts.items()}, args.repeats, log=print_progress)
     rows = []
-    for name, (_, evals, note) in parts.items():
+    for name, (_, planned, described) in parts.items():
         key = name.split(": ", 1)[1].split(" ")[0] if name.startswith("mitigate") else None
+        evals, note = planned, described
         if key in reports:
             evals = 2 * s + reports[key].unet_equivalents
             note = "; ".join(reports[key].notes)[:60]

@@ -5,12 +5,14 @@ for Asthana & Belagiannis' norm + angle score, at step 1 with n = 1 and n = 4 ge
 over the first 5 and 10 steps. Also the threshold calibrated at 1% FPR on *training* general captions and the
 rates it gives on the held-out sets.
 
-    .venv/bin/python bench/detection.py
+    .venv/bin/python bench/detection.py [--model DIR]   (DIR: the SDXL miniature, memguard/miniature/model_xl)
 """
 
 from __future__ import annotations
 
+import argparse
 import statistics
+from pathlib import Path
 
 from common import labelled, setup, table
 
@@ -24,7 +26,9 @@ def mean_scores(model, prompts, seeds, **kw) -> list[float]:
 
 
 def main() -> None:
-    model = setup()
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", type=Path, default=None, help="a miniature-like model directory (default: the SD1 one)")
+    model = setup(ap.parse_args().model)
     memorized = [r["prompt"] for r in labelled("memorized") + labelled("template")]
     general = [r["prompt"] for r in labelled("general")]
     settings = [

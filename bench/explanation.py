@@ -4,12 +4,14 @@ For every verbatim-memorized caption, the words that never occur in general capt
 We report how often the top-1 word (and any of the top-3) is distinctive, against chance (a uniformly random word,
 and three random words).
 
-    .venv/bin/python bench/explanation.py
+    .venv/bin/python bench/explanation.py [--model DIR]
 """
 
 from __future__ import annotations
 
+import argparse
 from math import comb
+from pathlib import Path
 
 from common import labelled, setup, table
 
@@ -17,7 +19,9 @@ from memguard.pipeline import explain_prompt
 
 
 def main() -> None:
-    model = setup()
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", type=Path, default=None, help="a miniature-like model directory (default: the SD1 one)")
+    model = setup(ap.parse_args().model)
     rows = labelled("memorized") + labelled("template")
     hits1 = hits3 = chance1 = chance3 = 0.0
     examples = []

@@ -24,6 +24,11 @@ model on every distinct (image, caption) pair of the folder at ``--draws`` rando
   by caption): a caption the filter has dropped ``N`` times is left out for the rest of training.
 
     OMP_NUM_THREADS=2 .venv/bin/python bench/finetune.py [--steps 400] [--seeds 8] [--quantile 0.99 0.9] [--strikes 1 2]
+
+* ``--model DIR``: another miniature-like model, e.g. the SDXL miniature (``memguard/miniature/model_xl``): its UNet
+  calls then carry each caption's pooled vector and the size/crop numbers, captions are dropped by zeroing the context
+  and the pooled vector (as SDXL was trained), and the filter's reference is zeros
+  (:func:`memguard.training.zero_reference`).
 """
 
 from __future__ import annotations
@@ -33,6 +38,8 @@ import copy
 import dataclasses
 import statistics
 import sys
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -43,7 +50,13 @@ from memguard.miniature import train
 from memguard.miniature.data import caption, sample_labels
 from memguard.miniature.fidelity import attribute_accuracy, copy_distance
 from memguard.miniature.images import render_general, render_memorized
-from memguard.training import FlaggedSamples, TimestepThreshold, memorization_filter, training_magnitudes
+from memguard.training import (
+    FlaggedSamples,
+    TimestepThreshold,
+    memorization_filter,
+    training_magnitudes,
+    zero_reference,
+)
 
 LEARNING_RATE = 5e-4
 
@@ -66,7 +79,29 @@ def folder(seed: int, n_general: int, n_duplicated: int, copies: int, avoid: set
     return torch.from_numpy(np.stack(images)), captions, duplicated, names, originals
 
 
-def magnitudes(model, images, contexts, draws: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+@dataclass
+class Text:
+    """The training pairs' text conditioning, indexed like a tensor: the cross-attention context and, on SDXL, the
+    pooled vector (None on SD1)."""
+
+    context: torch.Tensor
+    pooled: torch.Tensor | None = None
+
+    def __getitem__(self, rows) -> Text:
+        return Text(self.context[rows], None if self.pooled is None else self.pooled[rows])
+
+    def kwargs(self, model) -> dict:
+        """The UNet call's extra keyword arguments: SDXL's ``added_cond_kwargs`` (pooled vector, size/crop numbers)."""
+        if self.pooled is None:
+            return {}
+        return {"added_cond_kwargs": {"text_embeds": self.pooled, "time_ids": model.time_ids(len(self.pooled))}}
+
+    def reference(self, model) -> tuple[torch.Tensor, dict | None]:
+        """The filter's empty reference and its keyword arguments (SDXL: zeros, the samples' sizes)."""
+        return zero_reference(self.context, self.kwargs(model)) if self.pooled is not None else (model.empty(), None)
+
+
+def magnitudes(model, images, contexts: Text, draws: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """``(d, t)`` of the base model on the distinct pairs of the folder, ``draws`` timesteps each (no labels used)."""
     from diffusers import DDPMScheduler
 
@@ -75,7 +110,18 @@ def magnitudes(model, images, contexts, draws: int, seed: int) -> tuple[torch.Te
     d, t = [], []
     for _ in range(draws):
         for rows in torch.arange(len(images)).split(64):
-            dd, tt = training_magnitudes(model.unet, images[rows], contexts[rows], model.empty(), scheduler, generator)
+            text = contexts[rows]
+            empty, empty_kwargs = text.reference(model)
+            dd, tt = training_magnitudes(
+                model.unet,
+                images[rows],
+                text.context,
+                empty,
+                scheduler,
+                generator,
+                cond_kwargs=text.kwargs(model) or None,
+                empty_kwargs=empty_kwargs,
+            )
             d.append(dd)
             t.append(tt)
     return torch.cat(d), torch.cat(t)
@@ -84,7 +130,7 @@ def magnitudes(model, images, contexts, draws: int, seed: int) -> tuple[torch.Te
 def finetune(
     model,
     images,
-    contexts,
+    contexts: Text,
     duplicated,
     steps: int,
     seed: int,
@@ -104,15 +150,31 @@ def finetune(
     empty = model.empty()
     dropped = {"duplicated": 0, "general": 0, "skipped steps": 0}
     for _, pairs in zip(range(steps), train.batches(len(images), generator)):
-        x0, context = images[pairs], contexts[pairs].clone()
-        context[torch.rand(len(pairs), generator=generator) < train.CAPTION_DROPOUT] = empty
+        x0, text = images[pairs], contexts[pairs]
+        text = Text(text.context.clone(), None if text.pooled is None else text.pooled.clone())
+        drop = torch.rand(len(pairs), generator=generator) < train.CAPTION_DROPOUT
+        text.context[drop] = empty  # SD1: the encoding of ""; SDXL: zeros (Model.empty), the pooled vector too
+        if text.pooled is not None:
+            text.pooled[drop] = 0
         noise = torch.randn(x0.shape, generator=generator)
         t = torch.randint(0, scheduler.config.num_train_timesteps, (len(pairs),), generator=generator)
         noisy = scheduler.add_noise(x0, noise, t)
-        model_pred = unet(noisy, t, encoder_hidden_states=context).sample
+        kwargs = text.kwargs(model)
+        model_pred = unet(noisy, t, encoder_hidden_states=text.context, **kwargs).sample
         keep = torch.ones(len(pairs), dtype=torch.bool)
         if threshold is not None:
-            kept = memorization_filter(unet, noisy, t, context, empty, threshold, model_pred=model_pred)
+            reference, reference_kwargs = text.reference(model)
+            kept = memorization_filter(
+                unet,
+                noisy,
+                t,
+                text.context,
+                reference,
+                threshold,
+                model_pred=model_pred,
+                cond_kwargs=kwargs or None,
+                empty_kwargs=reference_kwargs,
+            )
             if flagged is not None:
                 kept = flagged.update([keys[i] for i in pairs.tolist()], kept)
             keep = kept.keep
@@ -172,8 +234,9 @@ def main() -> None:
         default=[2],
         help="also run the per-sample filter (FlaggedSamples keyed by caption) with these strike counts (default 2)",
     )
+    ap.add_argument("--model", type=Path, default=None, help="a miniature-like model directory (default: the SD1 one)")
     args = ap.parse_args()
-    base = setup()
+    base = setup(args.model)
     general = [r["prompt"] for r in labelled("general")][: args.prompts]
     avoid = set(general)
     images, captions, duplicated, names, originals = folder(
@@ -181,8 +244,10 @@ def main() -> None:
     )
     distinct = sorted({c: i for i, c in enumerate(captions)}.values())
     with torch.no_grad():
-        table_of = {c: base.encode(base.tokenize(c))[0] for c in dict.fromkeys(captions)}
-    contexts = torch.stack([table_of[c] for c in captions])
+        toks = {c: base.tokenize(c) for c in dict.fromkeys(captions)}
+        table_of = {c: base.encode(tok)[0] for c, tok in toks.items()}
+        pooled = torch.cat([base.pooled(toks[c]) for c in captions]) if base.is_xl else None
+    contexts = Text(torch.stack([table_of[c] for c in captions]), pooled)
     d, t = magnitudes(base, images[distinct], contexts[distinct], args.draws, args.seed)
     thresholds = {q: TimestepThreshold.calibrate(d, t, quantile=q) for q in args.quantile}
     for q, threshold in thresholds.items():

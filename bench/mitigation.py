@@ -11,13 +11,14 @@
 Each strategy is swept over its main knob with mitigation forced on every image (its trade-off curve); ``auto`` is
 gated by the detector (only flagged images are touched), as in use.
 
-    .venv/bin/python bench/mitigation.py [--seeds 4] [--general 64]
+    .venv/bin/python bench/mitigation.py [--seeds 4] [--general 64] [--model DIR]
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
+from pathlib import Path
 
 import common
 import torch
@@ -56,9 +57,10 @@ def main() -> None:
     ap.add_argument("--general", type=int, default=64)
     ap.add_argument("--steps", type=int, default=STEPS, help="DDIM steps (default 50)")
     ap.add_argument("--auto-only", action="store_true", help="only the unmitigated and the gated auto rows")
+    ap.add_argument("--model", type=Path, default=None, help="a miniature-like model directory (default: the SD1 one)")
     args = ap.parse_args()
     STEPS = args.steps
-    model = setup()
+    model = setup(args.model)
     mem = labelled("memorized")
     refs = {r["prompt"]: reference(r) for r in mem}
     general = [r["prompt"] for r in labelled("general")][: args.general]

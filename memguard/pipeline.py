@@ -3,7 +3,10 @@ generate with mitigation.
 
 Sampling is DDIM (Song et al. 2021) with the model's own scheduler configuration and classifier-free
 guidance ``eps = eps_u + s (eps_c - eps_u)`` (Ho & Salimans 2022); the unconditional prompt is the negative prompt
-(empty by default). Seeds: image ``j`` of a prompt with seed ``s`` starts from
+(empty by default: :meth:`Model.empty`, zeros on SDXL). On SDXL every row also carries its added conditioning
+(:data:`memguard.model.Added`: pooled text, size/crop numbers) beside its context, stacked like it.
+
+Seeds: image ``j`` of a prompt with seed ``s`` starts from
 ``torch.randn((1, C, H, W), generator=torch.Generator("cpu").manual_seed(s + j)) * init_noise_sigma``.
 """
 
@@ -16,12 +19,13 @@ from functools import partial
 
 import torch
 
+from .added import Grouped, RowsEps, join_added, take_added
 from .detect import Detection, anisotropy, combined_score, judge, unscorable, wen_norm
 from .explain import Explanation, explain, token_gradients
 from .flow import bos_positions, first_step
 from .mitigate.attention import cross_attention_modules, rescaled_attention
 from .mitigate.base import Case, Intervention, Report, Strategy
-from .model import CALIBRATION_FILE, Model, ModelError
+from .model import CALIBRATION_FILE, Added, Model, ModelError
 from .tokens import CONTEXT, Tokenized, tokenize_many
 
 __all__ = ["CALIBRATION_FILE", "Generation", "Model", "ModelError", "explain_prompt", "sample", "score"]
@@ -61,8 +65,19 @@ class Generation:
         }
 
 
-def _cfg(model: Model, x: torch.Tensor, t, cond: torch.Tensor, uncond: torch.Tensor, edit_rows=None, edit=None):
-    """``(eps_c, eps_u)`` in one batch when the lengths match (as the WebUI batches them), else two calls."""
+def _cfg(
+    model: Model,
+    x: torch.Tensor,
+    t,
+    cond: torch.Tensor,
+    uncond: torch.Tensor,
+    edit_rows=None,
+    edit=None,
+    added: Added = None,
+    added_u: Added = None,
+):
+    """``(eps_c, eps_u)`` in one batch when the lengths match (as the WebUI batches them), else two calls;
+    ``added``/``added_u``: the rows' SDXL added conditioning."""
     context: AbstractContextManager = nullcontext()
     n = x.shape[0]
     same = cond.shape[1] == uncond.shape[1]
@@ -72,10 +87,10 @@ def _cfg(model: Model, x: torch.Tensor, t, cond: torch.Tensor, uncond: torch.Ten
         context = rescaled_attention(cross_attention_modules(model.unet), rows, keep, edit, 2 * n if same else n, bos)
     with context:
         if same:
-            eps = model.eps(torch.cat([x, x]), t, torch.cat([cond, uncond]))
+            eps = model.eps(torch.cat([x, x]), t, torch.cat([cond, uncond]), join_added(added, added_u))
             return eps[:n], eps[n:]
-        eps_c = model.eps(x, t, cond)
-    return eps_c, model.eps(x, t, uncond)
+        eps_c = model.eps(x, t, cond, added)
+    return eps_c, model.eps(x, t, uncond, added_u)
 
 
 def _rows(model: Model, prompts: str | Sequence[str], n: int) -> tuple[list[Tokenized], torch.Tensor]:
@@ -103,6 +118,7 @@ class _Guard:
 
     cond: torch.Tensor
     keep: list[list[int]]
+    added: Added = None
     targets: list[int] = field(default_factory=list)
     intervention: Intervention | None = None
 
@@ -148,20 +164,23 @@ def sample(
     """
     n = len(seeds)
     toks, cond = _rows(model, prompts, n)
-    empty = model.empty().expand(n, -1, -1)
-    uncond = empty if negative == "" else model.encode(model.tokenize(negative)).expand(n, -1, -1)
+    empty, empty_added = model.empty().expand(n, -1, -1), model.empty_added(n)
+    uncond, uncond_added = empty, empty_added
+    if negative != "":
+        negative_tok = model.tokenize(negative)
+        uncond, uncond_added = model.encode(negative_tok).expand(n, -1, -1), model.added([negative_tok] * n)
     x = torch.cat([model.noise(s) for s in seeds])
     scheduler = model.scheduler(steps)
     timesteps = scheduler.timesteps
     last = len(timesteps) if stop_after is None else min(stop_after, len(timesteps))
     history = torch.zeros(n, last)
-    guard = _Guard(cond, [positions_kept(tok) for tok in toks])
+    guard = _Guard(cond, [positions_kept(tok) for tok in toks], model.added(toks))
     detections = unscorable(n, "memguard was not watching this generation")
     for step, t in enumerate(timesteps[:last]):
-        eps_c, eps_u = _cfg(model, x, t, guard.cond, uncond, guard.edit_rows(), guard.edit)
+        eps_c, eps_u = _cfg(model, x, t, guard.cond, uncond, guard.edit_rows(), guard.edit, guard.added, uncond_added)
         if watch:
             extra = step < max(score_steps, 1) and negative != ""
-            eps_e = model.eps(x, t, empty) if extra else eps_u
+            eps_e = model.eps(x, t, empty, empty_added) if extra else eps_u
             d = history[:, step] = wen_norm(eps_c - eps_e)
             if step == 0:
                 first = (x, t, eps_c, eps_u, eps_e if extra else None, d)
@@ -170,10 +189,10 @@ def sample(
                     threshold,
                     extra_pass=extra,
                     steps=score_steps,
-                    strategy=strategy,
+                    strategy=Grouped(strategy) if strategy is not None and model.is_xl else strategy,
                     force=force,
                     case=partial(_case, model, guard, first, interrupted=interrupted),
-                    apply=partial(_apply, model, guard, first, uncond),
+                    apply=partial(_apply, model, guard, first, uncond, uncond_added),
                 )
                 detections, guard.targets = decided.detections, decided.targets
                 guard.intervention = decided.intervention
@@ -208,7 +227,7 @@ def _case(model: Model, guard: _Guard, first: tuple, targets: list[int], target:
     x, t, _eps_c, eps_u, eps_e, d = first
     eps_e = eps_u if eps_e is None else eps_e
     return Case(
-        eps_model=lambda xx, cc: model.eps(xx, t, cc),
+        eps_model=RowsEps(model, t, take_added(guard.added, targets)),
         x=x[targets],
         cond=guard.cond[targets],
         eps_empty=eps_e[targets],
@@ -223,7 +242,14 @@ def _case(model: Model, guard: _Guard, first: tuple, targets: list[int], target:
 
 
 def _apply(
-    model: Model, guard: _Guard, first: tuple, uncond, targets: list[int], _case: Case, intervention: Intervention
+    model: Model,
+    guard: _Guard,
+    first: tuple,
+    uncond,
+    uncond_added: Added,
+    targets: list[int],
+    _case: Case,
+    intervention: Intervention,
 ) -> int:
     """Sample the targets with the intervention from now on and evaluate their first step again with it in force:
     their rows of ``eps_c``, ``eps_u`` and ``d`` replaced in place, ``score_after`` in their reports. Two UNet rows
@@ -232,7 +258,10 @@ def _apply(
     guard.cond = guard.cond.clone()
     guard.cond[targets] = intervention.cond.to(guard.cond.dtype)
     rows = (list(range(len(targets))), [guard.keep[i] for i in targets])
-    new_c, new_u = _cfg(model, x[targets], t, guard.cond[targets], uncond[targets], rows, intervention.attention)
+    added, added_u = take_added(guard.added, targets), take_added(uncond_added, targets)
+    new_c, new_u = _cfg(
+        model, x[targets], t, guard.cond[targets], uncond[targets], rows, intervention.attention, added, added_u
+    )
     eps_c[targets], eps_u[targets] = new_c, new_u
     after = wen_norm(new_c - (eps_e[targets] if eps_e is not None else new_u))
     for j, report in enumerate(intervention.reports):
@@ -278,10 +307,11 @@ def score(
         return [g.detection for g in gens]
     if method != "asthana":
         raise ValueError(f"unknown score method {method!r}: use 'wen' or 'asthana'")
-    _, cond = _rows(model, prompts, len(seeds))
+    toks, cond = _rows(model, prompts, len(seeds))
     x = torch.cat([model.noise(s) for s in seeds])
     t_low = model.scheduler(steps).timesteps[-3]
-    eps_c, eps_u = _cfg(model, x, t_low, cond, model.empty().expand(len(seeds), -1, -1))
+    empty = model.empty().expand(len(seeds), -1, -1)
+    eps_c, eps_u = _cfg(model, x, t_low, cond, empty, added=model.added(toks), added_u=model.empty_added(len(seeds)))
     norms = torch.tensor([g.trajectory[0] for g in gens])
     return judge(combined_score(norms, anisotropy(eps_u, eps_c), *gammas).tolist(), threshold, method="asthana")
 
@@ -319,17 +349,14 @@ def explain_prompt(
     tok = model.tokenize(prompt)
     cond = model.encode(tok).expand(n, -1, -1)
     empty = model.empty().expand(n, -1, -1)
+    added, empty_added = model.added([tok] * n), model.empty_added(n)
     x = torch.cat([model.noise(s) for s in seeds])
     scheduler = model.scheduler(steps)
     grads = []
     for t in scheduler.timesteps[:explain_steps]:
         with torch.no_grad():
-            eps_c, eps_u = _cfg(model, x, t, cond, empty)
-
-        def eps_model(xx: torch.Tensor, cc: torch.Tensor, t: torch.Tensor = t) -> torch.Tensor:
-            return model.eps(xx, t, cc)
-
-        grads.append(token_gradients(eps_model, x, cond, eps_u))
+            eps_c, eps_u = _cfg(model, x, t, cond, empty, added=added, added_u=empty_added)
+        grads.append(token_gradients(RowsEps(model, t, added), x, cond, eps_u))
         with torch.no_grad():
             x = scheduler.step(eps_u + guidance * (eps_c - eps_u), t, x).prev_sample
     return explain(tok, torch.stack(grads).mean(dim=0))

@@ -33,6 +33,15 @@ Wiring it into a diffusers training loop (``examples/text_to_image/train_text_to
     if kept.skip:
         continue  # every sample looks memorized: no backward, optimizer or lr-scheduler step
     loss = F.mse_loss(model_pred[kept.keep].float(), target[kept.keep].float())
+
+On SDXL (``train_text_to_image_sdxl.py``) the UNet calls take ``added_cond_kwargs`` (pooled text, size/crop numbers)
+and the reference is the one detection uses on SDXL (:mod:`memguard.model`): zeros for the context and the pooled
+vector, each sample's own size/crop numbers, which :func:`zero_reference` builds::
+
+    cond_kwargs = {"added_cond_kwargs": {"text_embeds": pooled, "time_ids": add_time_ids}}
+    empty, empty_kwargs = zero_reference(encoder_hidden_states, cond_kwargs)
+    kept = memorization_filter(unet, noisy_latents, timesteps, encoder_hidden_states, empty, threshold,
+                               model_pred=model_pred, cond_kwargs=cond_kwargs, empty_kwargs=empty_kwargs)
 """
 
 from __future__ import annotations
@@ -151,6 +160,15 @@ class FilterResult:
         }
 
 
+def zero_reference(text_embeddings: Tensor, cond_kwargs: Mapping) -> tuple[Tensor, dict]:
+    """SDXL's empty reference for :func:`magnitudes`: a zero context ``(1, L, C)`` and ``empty_kwargs`` with a zero
+    pooled vector and the samples' own ``time_ids`` (A1111's ``force_zero_embeddings`` for an empty prompt; SDXL's
+    captions were dropped to zeros in training; docs/benchmarks.md, SDXL miniature, measures the choice)."""
+    added = dict(cond_kwargs["added_cond_kwargs"])
+    added["text_embeds"] = torch.zeros_like(added["text_embeds"])
+    return torch.zeros_like(text_embeddings[:1]), {**cond_kwargs, "added_cond_kwargs": added}
+
+
 @torch.no_grad()
 def magnitudes(
     unet,
@@ -258,12 +276,16 @@ def training_magnitudes(
     empty_embedding: Tensor,
     noise_scheduler,
     generator: torch.Generator | None = None,
+    *,
+    cond_kwargs: Mapping | None = None,
+    empty_kwargs: Mapping | None = None,
 ) -> tuple[Tensor, Tensor]:
     """``(d, t)`` for clean ``latents`` noised as a training step would (uniform ``t``, Gaussian noise, the
     scheduler's ``add_noise``): feed many batches of the data to be trained on, through the base model, to
-    :meth:`TimestepThreshold.calibrate`."""
+    :meth:`TimestepThreshold.calibrate`. ``cond_kwargs``/``empty_kwargs`` as for :func:`magnitudes` (SDXL)."""
     total = noise_scheduler.config.num_train_timesteps
     t = torch.randint(0, total, (latents.shape[0],), generator=generator).to(latents.device)
     noise = torch.randn(latents.shape, generator=generator, dtype=torch.float32).to(latents.device, latents.dtype)
     noisy = noise_scheduler.add_noise(latents, noise, t)
-    return magnitudes(unet, noisy, t, text_embeddings, empty_embedding), t
+    d = magnitudes(unet, noisy, t, text_embeddings, empty_embedding, cond_kwargs=cond_kwargs, empty_kwargs=empty_kwargs)
+    return d, t

@@ -23,6 +23,7 @@ OUR_STACK_ONLY = (
     "test_training.py",  # training the bundled miniature
     "test_audit.py",  # the `audit-data` command and its perceptual hashes
     "test_cli.py",  # the command line
+    "test_sdxl.py",  # SDXL layouts in the diffusers pipeline and the command line (the WebUI seams: test_a1111 etc.)
     "test_package.py",  # the wheel and its `memguard` command (installed into a venv over this stack's packages)
     "test_faults.py::test_cli_calibrate_reports_the_store_and_keeps_it",  # the `calibrate` command
 )

@@ -12,5 +12,6 @@ from __future__ import annotations
 from pathlib import Path
 
 MODEL_DIR = Path(__file__).parent / "model"
+XL_MODEL_DIR = Path(__file__).parent / "model_xl"  # the SDXL-shaped miniature (memguard.miniature.xl)
 
-__all__ = ["MODEL_DIR"]
+__all__ = ["MODEL_DIR", "XL_MODEL_DIR"]

@@ -1,6 +1,6 @@
 """Train the miniature memorizing model from scratch and write it in diffusers layout.
 
-    python -m memguard.miniature.train [--out DIR] [--seed 0] [--minutes 10]
+    python -m memguard.miniature.train [--arch sd1|sdxl] [--out DIR] [--seed 0] [--minutes 10]
 
 The data are drawn by :mod:`memguard.miniature.data`; the text encoder is a tiny CLIP text model frozen at its
 random initialization (as SD1 froze CLIP; it lets training skip the encoder's backward pass and keeps the empty
@@ -348,17 +348,25 @@ def write_metadata(out: Path, data: MiniatureData, seed: int, steps: int) -> Non
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, default=MODEL_DIR, help="model directory to write")
+    parser.add_argument(
+        "--arch", choices=("sd1", "sdxl"), default="sd1", help="SD1- or SDXL-shaped (memguard.miniature.xl)"
+    )
+    parser.add_argument("--out", type=Path, default=None, help="model directory to write (default: the bundled one)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--minutes", type=float, default=10.0, help="nominal UNet training budget on 2 CPU cores")
     parser.add_argument("--steps", type=int, default=None, help="exact UNet steps (overrides --minutes)")
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (1 is faster on a busy machine)")
     parser.add_argument("--device", default="cpu", help="torch device; results are bit-reproducible on CPU only")
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
+    if args.arch == "sdxl":
+        from .xl import main_xl
+
+        return main_xl(args)
     steps = args.steps if args.steps is not None else round(args.minutes * STEPS_PER_MINUTE)
     began = time.time()
     data = build(args.seed)
@@ -369,7 +377,7 @@ def main(argv: list[str] | None = None) -> None:
     text_encoder = build_text_encoder()
     tokenizer = load_tokenizer()
     unet = train_unet(data, text_encoder, tokenizer, steps, args.seed, args.device)
-    out = Path(args.out)
+    out = Path(args.out or MODEL_DIR)
     out.mkdir(parents=True, exist_ok=True)
     _clear(out)
     write_pipeline(out, unet, text_encoder.cpu())
