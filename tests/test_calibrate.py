@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import stat
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -57,11 +61,11 @@ def test_threshold_at_fpr_examples():
 
 def test_threshold_at_fpr_ignores_non_finite_and_rejects_bad_input():
     assert threshold_at_fpr([1.0, float("nan"), 2.0, float("inf")], 0.0) == 2.0
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"^no finite benign scores to calibrate on$"):
         threshold_at_fpr([float("nan")], 0.01)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"^false-positive rate must be in \[0, 1\), got 1.0$"):
         threshold_at_fpr([1.0, 2.0], 1.0)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"^false-positive rate must be in \[0, 1\), got -0.1$"):
         threshold_at_fpr([1.0, 2.0], -0.1)
 
 
@@ -89,8 +93,10 @@ def test_roc_auc_edges():
     assert roc_auc([5.0, 6.0, 7.0], [1.0, 2.0, 4.9]) == 1.0
     assert roc_auc([1.0, 2.0], [3.0, 4.0]) == 0.0
     assert roc_auc([1.0, 1.0], [1.0]) == 0.5
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"^AUC needs at least one positive and one negative score$"):
         roc_auc([], [1.0])
+    with pytest.raises(ValueError, match=r"^AUC needs"):
+        roc_auc([1.0], [])
 
 
 def test_roc_curve_shape():
@@ -107,6 +113,12 @@ def test_tpr_at_fpr_strict_vs_closest():
     assert tpr_at_fpr(positives, negatives, 0.01, strict=True) == 0.25
     # closest: FPR = 1% exactly at threshold 99, which also catches the positive at 99
     assert tpr_at_fpr(positives, negatives, 0.01, strict=False) == 0.5
+
+
+def test_tpr_at_fpr_is_read_at_1_percent_by_default():
+    negatives = [float(i) for i in range(100)]
+    positives = [99.5, 50.0]
+    assert tpr_at_fpr(positives, negatives) == tpr_at_fpr(positives, negatives, 0.01) == 0.5
 
 
 def test_tpr_at_fpr_separable():
@@ -246,6 +258,130 @@ def test_store_failed_replace_leaves_old_file_and_no_temp(tmp_path, monkeypatch)
         CalibrationStore(path).put("def", _cal())
     assert path.read_bytes() == before
     assert _listing(tmp_path) == ["calibration.json"]
+
+
+def test_calibration_from_scores_keeps_its_rate_and_how_it_was_made():
+    cal = Calibration.from_scores([1.0, 2.0, 3.0, 4.0], 0.25, method="anisotropy", steps=3, sampler="euler")
+    assert (cal.fpr, cal.method, cal.steps, cal.sampler) == (0.25, "anisotropy", 3, "euler")
+    cal = Calibration.from_scores([1.0, 2.0], 0.0, prompts="benign", origin="automatic")
+    assert (cal.fpr, cal.prompts, cal.origin, cal.method) == (0.0, "benign", "automatic", "wen")
+
+
+def test_the_default_store_is_under_memguard_home_or_the_users_cache(monkeypatch, tmp_path):
+    monkeypatch.setenv("MEMGUARD_HOME", str(tmp_path / "home"))
+    assert calibrate.default_store() == tmp_path / "home" / "calibration.json"
+    monkeypatch.setenv("HOME", str(tmp_path / "user"))
+    monkeypatch.setenv("MEMGUARD_HOME", "")  # set but empty: not a folder
+    assert calibrate.default_store() == tmp_path / "user" / ".cache" / "memguard" / "calibration.json"
+    monkeypatch.delenv("MEMGUARD_HOME")
+    assert calibrate.default_store() == tmp_path / "user" / ".cache" / "memguard" / "calibration.json"
+
+
+def test_a_new_store_file_says_its_format_and_version(tmp_path):
+    path = tmp_path / "calibration.json"
+    CalibrationStore(path).put("abc", _cal())
+    data = json.loads(path.read_text(encoding="utf-8"))
+    assert (data["format"], data["version"]) == ("memguard-calibration", 1)
+    assert CalibrationStore(path).check_writable() == data
+
+
+def test_the_store_file_is_indented_with_sorted_keys(tmp_path):
+    """Readable and stable: a person can read it, and a changed threshold is a one-line difference."""
+    path = tmp_path / "calibration.json"
+    CalibrationStore(path).put("b", Calibration(threshold=2.0, fpr=0.05, n_prompts=10))
+    CalibrationStore(path).put("a", _cal())
+    text = path.read_text(encoding="utf-8")
+    assert text == json.dumps(json.loads(text), indent=2, sort_keys=True)
+    assert text.startswith('{\n  "format": "memguard-calibration",\n  "models": {\n    "a": {\n      "created": ')
+
+
+def test_the_store_is_created_in_missing_folders(tmp_path):
+    path = tmp_path / "a" / "b" / "calibration.json"
+    CalibrationStore(path).put("abc", _cal())
+    assert CalibrationStore(path).get("abc") == _cal_like_saved(path.read_bytes())
+
+
+def test_the_store_is_replaced_from_a_hidden_temporary_file_beside_it(tmp_path, monkeypatch):
+    """Atomic: the new contents are written to ``.memguard-*.json`` in the store's own folder (same file system),
+    then renamed over the store."""
+    path = tmp_path / "calibration.json"
+    replaced = []
+    real = os.replace
+
+    def replace(src, dst):
+        replaced.append((Path(src), Path(dst), json.loads(Path(src).read_text(encoding="utf-8"))))
+        real(src, dst)
+
+    monkeypatch.setattr(calibrate.os, "replace", replace)
+    CalibrationStore(path).put("abc", _cal())
+    ((src, dst, written),) = replaced
+    assert dst == path and src.parent == tmp_path
+    assert src.name.startswith(".memguard-") and src.name.endswith(".json")
+    assert written == json.loads(path.read_text(encoding="utf-8"))
+    assert _listing(tmp_path) == ["calibration.json"]
+
+
+def test_the_store_reads_utf8_whatever_the_locale(tmp_path):
+    """A file with UTF-8 text in it (another tool wrote it unescaped) reads the same under an ASCII locale (a
+    non-UTF-8 Windows code page, say)."""
+    path = tmp_path / "calibration.json"
+    entry = {"threshold": 1.5, "fpr": 0.01, "n_prompts": 5, "prompts": "caf\u00e9 \u2615"}
+    data = {"format": "memguard-calibration", "version": 1, "models": {"abc": entry}}
+    path.write_bytes(json.dumps(data, ensure_ascii=False).encode("utf-8"))
+    code = (
+        "import sys; from memguard.calibrate import CalibrationStore; "
+        "print(ascii(CalibrationStore(sys.argv[1]).get('abc').prompts))"
+    )
+    env = {**os.environ, "LC_ALL": "C", "LANG": "C", "PYTHONUTF8": "0", "PYTHONCOERCECLOCALE": "0"}
+    env["PYTHONPATH"] = str(Path(calibrate.__file__).resolve().parents[1])
+    done = subprocess.run([sys.executable, "-c", code, str(path)], env=env, capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == ascii("caf\u00e9 \u2615")
+
+
+def test_store_errors_name_the_file_and_the_cause(tmp_path, monkeypatch):
+    path = tmp_path / "calibration.json"
+    path.write_text("{not json", encoding="utf-8")
+    with pytest.raises(CalibrationStoreError, match=rf"^calibration file {re.escape(str(path))} is unreadable \(.+"):
+        CalibrationStore(path).get("abc")
+    with pytest.raises(CalibrationStoreError, match=r"\(Expecting property name .*\); it was left as it is$"):
+        CalibrationStore(path).get("abc")
+    path.write_text('{"format": "other"}', encoding="utf-8")
+    with pytest.raises(CalibrationStoreError) as raised:
+        CalibrationStore(path).get("abc")
+    assert str(raised.value) == f"{path} is not a memguard calibration file; it was left as it is"
+
+    path.unlink()
+    CalibrationStore(path).put("abc", _cal())
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(calibrate.tempfile, "mkstemp", refuse)
+    with pytest.raises(calibrate.CalibrationWriteError) as raised:
+        CalibrationStore(path).put("def", _cal())
+    assert str(raised.value) == (
+        f"could not write the calibration file {path} ([Errno 13] Permission denied); it was left as it is"
+    )
+    monkeypatch.undo()
+
+    def fail(*args, **kwargs):
+        raise OSError(30, "Read-only file system")
+
+    monkeypatch.setattr(calibrate.os, "replace", fail)
+    with pytest.raises(calibrate.CalibrationWriteError, match=r"\(\[Errno 30\] Read-only file system\); it was left"):
+        CalibrationStore(path).put("def", _cal())
+
+
+def test_a_read_only_file_is_refused_whatever_its_execute_bits(tmp_path):
+    path = tmp_path / "calibration.json"
+    CalibrationStore(path).put("abc", _cal())
+    path.chmod(0o555)
+    try:
+        with pytest.raises(calibrate.CalibrationWriteError, match="read-only"):
+            CalibrationStore(path).check_writable()
+    finally:
+        path.chmod(0o644)
 
 
 def test_calibration_median_is_the_median_of_the_finite_scores():

@@ -143,8 +143,14 @@ def test_combined_score_weights_norm_and_angle():
 
 @pytest.mark.parametrize(
     ("size", "factor"),
-    [((4, 64, 64), 1.0), ((4, 128, 128), 0.5), ((4, 64, 128), math.sqrt(0.5)), ((4, 128, 64), math.sqrt(0.5)),
-     ((4, 32, 64), math.sqrt(2.0)), ((1, 4, 96, 48), math.sqrt(64 * 64 / (96 * 48)))],
+    [
+        ((4, 64, 64), 1.0),
+        ((4, 128, 128), 0.5),
+        ((4, 64, 128), math.sqrt(0.5)),
+        ((4, 128, 64), math.sqrt(0.5)),
+        ((4, 32, 64), math.sqrt(2.0)),
+        ((1, 4, 96, 48), math.sqrt(64 * 64 / (96 * 48))),
+    ],
 )
 def test_size_factor_brings_d_to_the_native_area(size, factor):
     """``d`` grows like the square root of the latent's area: ``sqrt(h0 w0 / (h w))`` brings it to 64x64's."""
@@ -155,3 +161,46 @@ def test_size_factor_brings_d_to_the_native_area(size, factor):
 def test_judge_carries_the_step_it_was_read_at():
     (det,) = judge([1.0], 0.5, step=3, steps=2)
     assert det.step == 3 and det.steps == 2 and det.to_dict()["step"] == 3
+
+
+@pytest.mark.parametrize("native", [(96, 48), (4, 96, 48), (1, 4, 96, 48)])
+def test_size_factor_reads_height_and_width_of_a_non_square_native_size(native):
+    """The native size counts by its last two axes, whatever comes before them (a bare ``(h0, w0)`` too)."""
+    assert size_factor((4, 96, 48), native) == 1.0
+    assert size_factor((4, 48, 96), native) == 1.0  # same area, other orientation
+    assert size_factor((4, 192, 48), native) == pytest.approx(math.sqrt(0.5), rel=1e-12)
+    assert size_factor((1, 4, 96, 24), native) == pytest.approx(math.sqrt(2.0), rel=1e-12)
+
+
+def test_row_scores_measure_against_the_given_reference_rows():
+    """With ``reference`` (memguard's own empty-prompt rows), each image's rows are measured against its reference,
+    not against the host's unconditional rows."""
+    layout = BatchLayout.plain(2)
+    eps = torch.zeros(4, 1, 1, 4)
+    eps[0], eps[1] = 3.0, 1.0  # conditional rows; unconditional rows 2 and 3 stay 0
+    reference = torch.stack([torch.full((1, 1, 4), 1.0), torch.full((1, 1, 4), 2.0)])
+    assert row_scores(eps, layout).tolist() == pytest.approx([6.0, 2.0])
+    assert row_scores(eps, layout, reference).tolist() == pytest.approx([4.0, 2.0])  # |3-1| * 2, |1-2| * 2
+
+
+def test_anisotropy_of_short_vectors_is_still_their_cosine():
+    """The cosine's ``eps`` only guards a division by zero: vectors much shorter than 1 keep their angle."""
+    eps_u = _positions((0.01, 0.0))
+    eps_c = _positions((0.03, 0.0))  # guidance vector (0.02, 0): parallel, cos 1
+    assert anisotropy(eps_u, eps_c).tolist() == pytest.approx([1.0], abs=1e-6)
+
+
+def test_judge_defaults_describe_wen_at_the_first_step():
+    (det,) = judge([1.0], 0.5)
+    assert (det.step, det.steps, det.extra_pass, det.method) == (0, 1, False, "wen")
+    assert det.sub_scores == []
+
+
+def test_judge_says_why_a_non_finite_score_cannot_be_judged():
+    (det,) = judge([math.nan], 1.0)
+    assert det.reason == "the prediction was not finite (NaN or inf)"
+
+
+def test_unscorable_verdicts_are_not_flagged():
+    assert [d.flagged for d in unscorable(2, "no CFG pair")] == [False, False]
+    assert all(d.flagged is False and d.threshold is None for d in unscorable(1, "no CFG pair"))
