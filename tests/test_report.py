@@ -49,13 +49,20 @@ def test_the_infotext_labels():
     assert [label.name for label in INFOTEXT] == [
         "Memguard score",
         "Memguard verdict",
+        "Memguard reason",
         "Memguard threshold",
         "Memguard mitigation",
         "Memguard strategy",
         "Memguard force",
         "Memguard version",
     ]
-    assert INFOTEXT_KEYS == ("Memguard score", "Memguard verdict", "Memguard threshold", "Memguard mitigation")
+    assert INFOTEXT_KEYS == (
+        "Memguard score",
+        "Memguard verdict",
+        "Memguard reason",
+        "Memguard threshold",
+        "Memguard mitigation",
+    )
     assert [label.name for label in PER_IMAGE] == list(INFOTEXT_KEYS)
     assert [(label.name, label.paste) for label in INFOTEXT if label.paste] == [
         ("Memguard strategy", "strategy"),
@@ -67,6 +74,7 @@ def test_infotext_of_a_flagged_image():
     assert values(image()) == {
         "Memguard score": "5.123/3",
         "Memguard verdict": "flagged",
+        "Memguard reason": None,
         "Memguard threshold": "calibrated",
         "Memguard mitigation": None,
     }
