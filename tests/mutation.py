@@ -96,11 +96,26 @@ def prepare(module: str, tests: list[str]) -> Path:
     return work
 
 
-def diff(work: Path, name: str) -> str:
-    mutmut = str(Path(sys.executable).parent / "mutmut")
-    shown = subprocess.run([mutmut, "show", name], cwd=work, capture_output=True, text=True, check=False)
-    lines = shown.stdout.splitlines()
-    return "\n".join(line for line in lines if line.startswith(("+", "-")) and not line.startswith(("+++", "---")))
+# run in the module's working folder: the diff of every mutant named on the command line, as JSON
+SHOW = """
+import json, sys
+from mutmut.mutation.diff_apply import find_mutant, get_diff_for_mutant
+print(json.dumps({name: get_diff_for_mutant(name, path=find_mutant(name).path) for name in sys.argv[1:]}))
+"""
+
+
+def diffs(work: Path, names: list[str]) -> dict[str, str]:
+    """The changed lines of each mutant (what ``mutmut show`` prints, without the file names)."""
+    if not names:
+        return {}
+    shown = subprocess.run([sys.executable, "-c", SHOW, *names], cwd=work, capture_output=True, text=True, check=False)
+    if shown.returncode != 0:
+        return {name: f"(mutmut show {name} in {work})" for name in names}
+    out = {}
+    for name, text in json.loads(shown.stdout).items():
+        changed = [line for line in text.splitlines() if line[:1] in "+-" and line[:3] not in ("+++", "---")]
+        out[name] = "\n".join(changed)
+    return out
 
 
 def run(module: str, tests: list[str], jobs: int, equivalent: dict[str, str]) -> dict:
@@ -119,11 +134,13 @@ def run(module: str, tests: list[str], jobs: int, equivalent: dict[str, str]) ->
         command = [mutmut, "run", "--max-children", str(jobs)]
         done = subprocess.run(command, cwd=work, stdout=out, stderr=out, env=env, check=False)
     meta = work / "mutants" / (module + ".meta")
-    if done.returncode != 0 or not meta.exists():
+    # mutmut stops (exit 1) when none of the tests reaches the module: every mutant then survives, untested
+    untested = "could not find any test case for any mutant" in log.read_text(encoding="utf-8", errors="replace")
+    if (done.returncode != 0 and not untested) or not meta.exists():
         print(log.read_text(encoding="utf-8", errors="replace")[-4000:])
         raise SystemExit(f"{module}: mutmut failed (exit {done.returncode}); its log: {log}")
     codes = json.loads(meta.read_text(encoding="utf-8"))["exit_code_by_key"]
-    status = {name: STATUS.get(code, "suspicious") for name, code in codes.items()}
+    status = {name: "no tests" if code is None else STATUS.get(code, "suspicious") for name, code in codes.items()}
     killed = sorted(n for n, s in status.items() if s in ("killed", "timeout", "type check"))
     alive = sorted(n for n, s in status.items() if s not in ("killed", "timeout", "type check"))
     allowed = [n for n in alive if n in equivalent]
@@ -131,8 +148,9 @@ def run(module: str, tests: list[str], jobs: int, equivalent: dict[str, str]) ->
     prefix = mutant_prefix(module)
     stale = sorted(n for n in equivalent if n.startswith(prefix) and n not in allowed)
     print(f"\n== {module} ({' '.join(tests)}): {len(status)} mutants")
+    shown = diffs(work, survivors)
     for name in survivors:
-        print(f"-- {status[name]}: {name}\n{diff(work, name)}")
+        print(f"-- {status[name]}: {name}\n{shown[name]}")
     for name in stale:
         print(f"-- stale allow-list entry (killed or gone): {name}")
     seconds = time.monotonic() - started

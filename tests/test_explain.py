@@ -234,3 +234,93 @@ def test_token_occlusion_uses_each_rows_own_empty_embedding():
     drops = token_occlusion(_linear_model(weights), x, cond, torch.zeros(2, 1, 1, 1), empty, [1])
     # d_j = sum_p w_p c_jp = 4 for both rows; occluding position 1: row 0 -> 2 (drop 2), row 1 -> 3.5 (drop 0.5)
     assert drops.tolist() == pytest.approx([0.0, (2.0 + 0.5) / 2, 0.0])
+
+
+def test_token_occlusion_measures_d_against_the_empty_prompts_prediction():
+    """``d`` is the distance to the empty prompt's eps, with and without the occlusion: by hand, ``x = 1``,
+    ``eps(c) = c_1 + c_2`` against ``eps("") = 3``: ``d = |4 - 3| = 1``; occluding position 1 gives ``|2 - 3| = 1``
+    (no drop), position 2 gives ``|3 - 3| = 0`` (a drop of 1)."""
+    x = torch.ones(1, 1, 1, 1)
+    cond = torch.tensor([[[0.0], [2.0], [2.0]]])
+    empty = torch.tensor([[[0.0], [0.0], [1.0]]])
+    eps_empty = torch.full((1, 1, 1, 1), 3.0)
+    drops = token_occlusion(_linear_model(torch.tensor([0.0, 1.0, 1.0])), x, cond, eps_empty, empty, [1, 2])
+    assert drops.tolist() == [0.0, 0.0, 1.0]
+
+
+def test_token_occlusion_values_are_float32_whatever_the_default_dtype():
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        x, cond = torch.ones(1, 1, 1, 1), torch.ones(1, 3, 1)
+        drops = token_occlusion(
+            _linear_model(torch.ones(3)), x, cond, torch.zeros(1, 1, 1, 1), torch.zeros(1, 3, 1), [1]
+        )
+    finally:
+        torch.set_default_dtype(previous)
+    assert drops.dtype == torch.float32 and drops.tolist() == [0.0, 1.0, 0.0]
+
+
+def _refusing_model(message: str):
+    def eps_model(xx, cc):
+        if torch.is_grad_enabled():
+            raise RuntimeError(message)
+        return xx * cc[:, 1, 0].view(-1, 1, 1, 1)
+
+    return eps_model
+
+
+@pytest.mark.parametrize(
+    ("error", "reason"),
+    [
+        (
+            "Inference tensors cannot be saved for backward.\nTo work around ...",
+            "the host keeps its weights as inference tensors",
+        ),
+        (
+            "CUDA out of memory. Tried to allocate 2.00 GiB\nmore detail",
+            "CUDA out of memory. Tried to allocate 2.00 GiB",
+        ),
+        ("", ""),
+    ],
+)
+def test_significance_says_why_it_fell_back_to_occlusion(error, reason):
+    x, cond = torch.ones(1, 1, 1, 1), torch.ones(1, 3, 1)
+    values, note = significance(_refusing_model(error), x, cond, torch.zeros(1, 1, 1, 1), torch.zeros(1, 3, 1), [1])
+    assert note == f"word colours from occlusion (gradients are unavailable here: {reason})"
+    assert values.tolist() == [0.0, 1.0, 0.0]
+
+
+def test_explain_keeps_the_pieces_the_gradients_reach(tk):
+    """Positions past the end of the gradients are left out (a host that hands over fewer positions)."""
+    tokenized = tokenize(tk, "a red cat")  # pieces at positions 1, 2, 3
+    exp = explain(tokenized, [0.0, 0.25, 0.5])  # positions 0..2
+    assert [(t.text, t.value, t.normalized) for t in exp.tokens] == [("a", 0.25, 0.5), ("red", 0.5, 1.0)]
+    assert explain(tokenized, [0.5]).tokens == []  # nothing reached: no tokens, no error
+
+
+def test_explain_of_a_prompt_without_pieces(tk):
+    exp = explain(tokenize(tk, ""), torch.zeros(77))
+    assert exp.tokens == [] and exp.words() == [] and exp.top() == []
+
+
+def test_top_gives_the_three_strongest_words_by_default():
+    tokens = [TokenScore(w, 2 * i, 2 * i + 1, i + 1, v, v) for i, (w, v) in enumerate(zip("abcde", [1, 5, 2, 4, 3]))]
+    exp = Explanation("a b c d e", tokens)
+    assert [w.text for w in exp.top()] == ["b", "d", "e"]
+    assert [w.text for w in exp.top(4)] == ["b", "d", "e", "c"]
+
+
+def test_touching_pieces_join_only_between_letters_or_digits():
+    """Pieces that touch are one word when the join is between two letters or digits: the last character of the
+    first and the first of the second decide, whatever comes around them."""
+    prompt = "a-bc,d x,y"
+    tokens = [
+        TokenScore("a-b", 0, 3, 1, 0.1, 0.1),
+        TokenScore("c,", 3, 5, 2, 0.2, 0.2),  # b|c: joined, though "c," is not all letters
+        TokenScore("d", 5, 6, 3, 0.3, 0.3),  # ,|d: separate
+        TokenScore("x,", 7, 9, 4, 0.4, 0.4),
+        TokenScore("y", 9, 10, 5, 0.5, 0.5),  # ,|y: separate
+    ]
+    words = Explanation(prompt, tokens).words()
+    assert [(w.text, w.start, w.end) for w in words] == [("a-bc,", 0, 5), ("d", 5, 6), ("x,", 7, 9), ("y", 9, 10)]

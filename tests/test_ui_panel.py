@@ -4,16 +4,31 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
 from hostile_prompts import Markup
 
+from memguard.result import FLAGGED, OK, UNSCORED
 from memguard.ui import actions
 from memguard.ui.charts import bin_scores, histogram_svg
 from memguard.ui.files import PromptFileError, parse_prompts, read_prompt_file, upload_path, write_audit_csv
-from memguard.ui.panel import heat_level, highlight_prompt, message, render_analysis, render_panel, seed_rows
+from memguard.ui.panel import (
+    badge,
+    esc,
+    finite,
+    fmt,
+    heat_level,
+    highlight_prompt,
+    message,
+    mitigation_block,
+    render_analysis,
+    render_panel,
+    render_result,
+    seed_rows,
+)
 
 ATTACKS = ["<img src=x onerror=alert(1)>", '"><script>alert(1)</script>']
 ALLOWED_TAGS = {"div", "span", "p", "b", "ul", "li", "table", "thead", "tbody", "tr", "th", "td"}
@@ -434,3 +449,220 @@ def test_analysis_of_one_seed_and_of_a_prompt_that_is_not_flagged():
     assert "No memorization detected" in text
     assert "The colours show which words the score depends on most." in text
     assert "Edit the highlighted words" not in text
+
+
+# --- the markup in full: javascript/memguard.js and style.css read these classes and attributes ----------------------
+CAT = {"text": "cat", "start": 2, "end": 5, "value": 0.5, "normalized": 0.4567}
+CAT_SPAN = (
+    '<span class="memguard-word memguard-heat-2" role="button" tabindex="0" data-start="2" data-end="5" '
+    'data-word="cat" title="significance 0.5 (0.46 of the strongest word)">cat</span>'
+)
+
+
+def test_a_flagged_and_mitigated_image_in_full():
+    mitigation = {
+        "strategy": "attention",
+        "score_before": 3.5,
+        "score_after": 1.25,
+        "unet_equivalents": 12,
+        "seconds": 0.51234,
+        "notes": ["first note", "second"],
+    }
+    flagged = result("a cat", index=1, seed=7, words=[CAT], note="a note", mitigation=mitigation)
+    flagged["threshold_source"] = "manual threshold 2"
+    assert render_result(flagged, "img2img_prompt") == (
+        '<div class="memguard-result memguard-flagged"><div class="memguard-result-head">'
+        '<span class="memguard-badge memguard-badge-flagged">Likely memorized, mitigated</span> '
+        '<span class="memguard-image">Image 2, seed 7</span></div>'
+        '<p class="memguard-score">Score <b>3.5</b> is above the threshold <b>2</b> (manual threshold 2).</p>'
+        '<div class="memguard-prompt-box"><span class="memguard-prompt" data-memguard-target="img2img_prompt" '
+        f'data-prompt="a cat">a {CAT_SPAN}</span></div>'
+        '<p class="memguard-note">a note</p>'
+        '<p class="memguard-advice">memguard steered this image away from the memorized one; to avoid it '
+        "altogether, edit the highlighted words.</p>"
+        '<div class="memguard-mitigation"><b>Mitigation</b>: attention; score 3.5 &rarr; 1.25 (now below the '
+        'threshold); cost 12 UNet passes, 0.512 s.<ul class="memguard-notes"><li>first note</li><li>second</li>'
+        "</ul></div></div>"
+    )
+
+
+def test_a_flagged_image_in_full_with_the_default_target():
+    flagged = result("a cat", words=[CAT])
+    assert render_result(flagged) == (
+        '<div class="memguard-result memguard-flagged"><div class="memguard-result-head">'
+        '<span class="memguard-badge memguard-badge-flagged">Likely memorized</span> '
+        '<span class="memguard-image">Image 1, seed 1234</span></div>'
+        '<p class="memguard-score">Score <b>3.5</b> is above the threshold <b>2</b>.</p>'
+        '<div class="memguard-prompt-box"><span class="memguard-prompt" data-memguard-target="txt2img_prompt" '
+        f'data-prompt="a cat">a {CAT_SPAN}</span></div>'
+        '<p class="memguard-advice">Edit the highlighted words, or rerun with the Memorization guard script.</p>'
+        "</div>"
+    )
+
+
+def test_images_without_a_prompt_box_in_full():
+    assert render_result(result(score=1.0, flagged=False, seed=None, index=None)) == (
+        '<div class="memguard-result memguard-ok"><div class="memguard-result-head">'
+        '<span class="memguard-badge memguard-badge-ok">No memorization detected</span> '
+        '<span class="memguard-image">Image</span></div>'
+        '<p class="memguard-score">Score <b>1</b> is at or below the threshold <b>2</b>.</p></div>'
+    )
+    assert render_result(result(score=None, flagged=False, reason="")) == (
+        '<div class="memguard-result memguard-unscored"><div class="memguard-result-head">'
+        '<span class="memguard-badge memguard-badge-unscored">Not scored</span> '
+        '<span class="memguard-image">Image 1, seed 1234</span></div>'
+        '<p class="memguard-score">memguard could not score this image: no reason was given</p></div>'
+    )
+    assert render_result(result(threshold=None, flagged=False)) == (
+        '<div class="memguard-result memguard-uncalibrated"><div class="memguard-result-head">'
+        '<span class="memguard-badge memguard-badge-uncalibrated">Not calibrated</span> '
+        '<span class="memguard-image">Image 1, seed 1234</span></div>'
+        '<p class="memguard-score">Score <b>3.5</b>; not calibrated: this model has no threshold yet. '
+        "Calibrate it in the Memorization tab.</p></div>"
+    )
+
+
+def test_a_flagged_image_without_a_prompt_or_a_target():
+    html = render_result({"score": 3.0, "threshold": 2.0, "flagged": True}, None)
+    assert '<div class="memguard-prompt-box"><span class="memguard-prompt" data-prompt=""></span></div>' in html
+
+
+def test_a_mitigation_still_above_the_threshold_is_not_called_mitigated():
+    still = result(mitigation={"strategy": "auto", "score_before": 3.5, "score_after": 2.5})
+    html = render_result(still)
+    assert '<span class="memguard-badge memguard-badge-flagged">Likely memorized</span>' in html
+    assert "Edit the highlighted words" in html
+    assert "score 3.5 &rarr; 2.5 (still above the threshold); cost \u2014 UNet passes, \u2014 s.</div>" in html
+    below = result(mitigation={"strategy": "auto", "score_before": 3.5, "score_after": 1.5})
+    assert "Likely memorized, mitigated" in render_result(below)
+    # judged against the image's own threshold: 1.5 is above a threshold of 1
+    assert "Likely memorized</span>" in render_result({**below, "threshold": 1.0})
+
+
+def test_the_mitigation_block_with_missing_or_odd_fields():
+    assert mitigation_block(None, 2.0) == "" and mitigation_block({}, 2.0) == ""
+    assert mitigation_block({"score_after": 1.0}, None) == (
+        '<div class="memguard-mitigation"><b>Mitigation</b>: unknown; score \u2014 &rarr; 1; cost \u2014 UNet '
+        "passes, \u2014 s.</div>"
+    )
+    # without a re-score nothing is said about the threshold; the cost falls back to the forward passes
+    block = mitigation_block({"strategy": "guidance", "score_after": None, "unet_forwards": 3, "notes": []}, 2.0)
+    assert block == (
+        '<div class="memguard-mitigation"><b>Mitigation</b>: guidance; score \u2014 &rarr; \u2014; cost 3 UNet '
+        "passes, \u2014 s.</div>"
+    )
+    costly = mitigation_block({"strategy": "embedding", "unet_equivalents": 1234567, "seconds": 12.3456}, 2.0)
+    assert "cost 1.23457e+06 UNet passes, 12.3 s." in costly  # 6 and 3 significant digits
+
+
+def test_badges_say_mitigated_only_for_a_flagged_image():
+    assert badge(FLAGGED) == '<span class="memguard-badge memguard-badge-flagged">Likely memorized</span>'
+    assert badge(FLAGGED, True) == (
+        '<span class="memguard-badge memguard-badge-flagged">Likely memorized, mitigated</span>'
+    )
+    assert badge(OK, True) == '<span class="memguard-badge memguard-badge-ok">No memorization detected</span>'
+    assert badge(UNSCORED) == '<span class="memguard-badge memguard-badge-unscored">Not scored</span>'
+
+
+def test_the_panel_in_full():
+    ok = result(score=1.0, flagged=False)
+    unscored = result(index=1, seed=5, score=None, flagged=False, reason="no CFG pair")
+    assert render_panel([ok, unscored], None, ["calibrated"]) == (
+        '<div class="memguard-panel" role="status"><div class="memguard-title">memguard</div>'
+        '<div class="memguard-message memguard-info" role="alert">calibrated</div>'
+        + render_result(ok, None)
+        + render_result(unscored, None)
+        + "</div>"
+    )
+    flagged = result("a cat", words=[CAT])
+    assert 'data-memguard-target="img2img_prompt"' in render_panel([flagged], "img2img_prompt")
+    assert "data-memguard-target" not in render_panel([flagged], None)
+    assert render_panel([flagged], None, ["a", 2]) == (
+        '<div class="memguard-panel" role="status"><div class="memguard-title">memguard</div>'
+        '<div class="memguard-message memguard-info" role="alert">a</div>'
+        '<div class="memguard-message memguard-info" role="alert">2</div>' + render_result(flagged, None) + "</div>"
+    )
+
+
+def test_the_analysis_in_full():
+    res = {"prompt": "a cat", "scores": [3.0], "score": 3.0, "threshold": 0.3, "flagged": True, "words": [CAT]}
+    assert render_analysis(res, [7], "abc", "memguard_prompt") == (
+        '<div class="memguard-panel memguard-analysis"><div class="memguard-result memguard-flagged">'
+        '<div class="memguard-result-head"><span class="memguard-badge memguard-badge-flagged">Likely memorized'
+        '</span> <span class="memguard-image">model abc, 1 seed</span></div>'
+        '<p class="memguard-score">Score <b>3</b> is above the threshold <b>0.3</b>.</p>'
+        '<table class="memguard-seeds"><thead><tr><th>seed</th><th>score</th><th>vs threshold</th><th></th></tr>'
+        '</thead><tbody><tr><td>7</td><td>3</td><td><span class="memguard-meter"><span class="memguard-meter-fill '
+        'memguard-meter-over" style="width:100.0%"></span><span class="memguard-meter-mark"></span></span></td>'
+        "<td>above</td></tr></tbody></table>"
+        '<div class="memguard-prompt-box"><span class="memguard-prompt" data-memguard-target="memguard_prompt" '
+        f'data-prompt="a cat">a {CAT_SPAN}</span></div>'
+        '<p class="memguard-advice">Edit the highlighted words, or rerun with the Memorization guard script. '
+        'Click a word to remove or de-emphasize it. <span class="memguard-legend">weaker '
+        '<span class="memguard-swatch memguard-heat-0"></span><span class="memguard-swatch memguard-heat-1"></span>'
+        '<span class="memguard-swatch memguard-heat-2"></span><span class="memguard-swatch memguard-heat-3"></span>'
+        '<span class="memguard-swatch memguard-heat-4"></span> stronger influence on the score</span></p>'
+        "</div></div>"
+    )
+
+
+def test_seed_rows_in_full():
+    assert seed_rows([3, 4], [1.0, 2.0], None) == (
+        '<table class="memguard-seeds"><thead><tr><th>seed</th><th>score</th><th>vs threshold</th><th></th></tr>'
+        '</thead><tbody><tr><td>3</td><td>1</td><td><span class="memguard-meter"><span class="memguard-meter-fill '
+        'memguard-meter-none" style="width:45.5%"></span></span></td><td>\u2014</td></tr>'
+        '<tr><td>4</td><td>2</td><td><span class="memguard-meter"><span class="memguard-meter-fill '
+        'memguard-meter-none" style="width:90.9%"></span></span></td><td>\u2014</td></tr></tbody></table>'
+    )
+
+
+def test_an_analysis_without_a_prompt_shows_an_empty_one():
+    res = {"scores": [1.0], "score": 1.0, "threshold": 2.0, "flagged": False}
+    assert '<span class="memguard-prompt" data-memguard-target="t" data-prompt=""></span>' in render_analysis(
+        res, [0], "abc", "t"
+    )
+
+
+def test_an_analysis_that_could_not_score_says_why():
+    res = {"prompt": "a cat", "scores": [None, None], "score": None, "threshold": 2.0, "flagged": False}
+    html = render_analysis(res, [0, 1], "abc", "t")
+    assert '<span class="memguard-image">model abc, 2 seeds</span>' in html
+    assert "memguard could not score this prompt: every seed gave a non-finite score</p>" in html
+    told = render_analysis({**res, "reason": "too long"}, [0, 1], "abc", "t")
+    assert "memguard could not score this prompt: too long</p>" in told
+    assert "The colours show which words the score depends on most. Click a word" in html
+    assert "<td>\u2014</td><td><span" in html  # no score shown
+
+
+def test_seed_rows_of_non_finite_zero_and_negative_scores():
+    # nothing scored, no threshold: empty meters, no division by zero
+    assert _meter(seed_rows([0, 1], [math.nan, None], None)) == [("none", "0.0", "\u2014"), ("none", "0.0", "\u2014")]
+    assert _meter(seed_rows([0], [0.0], None)) == [("none", "0.0", "\u2014")]
+    # negative scores (an anisotropy score can be) against no threshold: empty meters
+    assert _meter(seed_rows([0, 1], [-1.0, -2.0], None)) == [("none", "0.0", "\u2014"), ("none", "0.0", "\u2014")]
+    # a threshold below 1 still marks the meter at 60%
+    small = seed_rows([0, 1], [0.15, 0.0], 0.3)
+    assert _meter(small) == [("under", "30.0", "below"), ("under", "0.0", "below")]
+    assert small.count('<span class="memguard-meter-mark"></span></span>') == 2
+    # the seed and its score, in that order
+    assert "<tr><td>9</td><td>0.15</td><td>" in seed_rows([9], [0.15], 0.3)
+
+
+def test_a_word_needs_at_least_one_character():
+    html = highlight_prompt("a cat", [{"start": 2, "end": 2, "normalized": 1.0}, {"start": 2, "end": 5}])
+    assert html.count('class="memguard-word') == 1 and 'data-start="2" data-end="5"' in html
+    assert highlight_prompt("", None) == '<span class="memguard-prompt" data-prompt=""></span>'
+    assert highlight_prompt(None, None) == '<span class="memguard-prompt" data-prompt=""></span>'
+
+
+def test_scores_are_numbers_only_when_finite():
+    assert finite(1) and finite(1.5) and not finite(True) and not finite("1")
+    assert not finite(math.inf) and not finite(math.nan)
+    assert not finite(10**400)  # too large for a float
+    assert fmt(10**400) == "\u2014" and fmt(None) == "\u2014" and fmt(math.nan) == "\u2014"
+    assert fmt(1234.5678) == "1235" and fmt(1234.5678, 6) == "1234.57"
+    assert heat_level(None) == 0 and heat_level(math.nan) == 0
+
+
+def test_escaping_covers_quotes():
+    assert esc("a \"b\" & 'c' <d>") == "a &quot;b&quot; &amp; &#x27;c&#x27; &lt;d&gt;"
