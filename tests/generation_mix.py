@@ -164,10 +164,7 @@ def census() -> dict:
         "model hooks": model_hooks(),
         "callbacks": sum(script_callbacks.count_callbacks().values()),
         "memguard callbacks": sum(
-            1
-            for _, cbs in script_callbacks.enumerate_callbacks()
-            for c in cbs
-            if _memguards([c.callback])
+            1 for _, cbs in script_callbacks.enumerate_callbacks() for c in cbs if _memguards([c.callback])
         ),
         "runs alive": sum(isinstance(o, a1111.Run) for o in objects),
         "processing objects alive": sum(isinstance(o, StableDiffusionProcessing) for o in objects),

@@ -26,7 +26,7 @@ def examples(n: int) -> int:
 INJECTIONS = [
     "<img src=x onerror=alert(1)>",
     '"><script>alert(1)</script>',
-    "<a href=\"javascript:alert(1)\">click</a> javascript:alert(1)",
+    '<a href="javascript:alert(1)">click</a> javascript:alert(1)',
     "{{7*7}} {{constructor.constructor('alert(1)')()}}",
     "</textarea><svg onload=alert(1)>",
 ]

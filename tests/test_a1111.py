@@ -83,7 +83,7 @@ def test_mitigation_off_the_native_size_works_in_raw_d(host, monkeypatch):
 
     cases = []
     build = strategies.build
-    monkeypatch.setattr(strategies, "build", lambda *a, **k: (lambda case: cases.append(case) or build(*a, **k)(case)))
+    monkeypatch.setattr(strategies, "build", lambda *a, **k: lambda case: cases.append(case) or build(*a, **k)(case))
     set_threshold(1e-3)
     out = generate(host, GUARD, {guard_index(): "attention"}, height=2 * side(), width=2 * side())
     (result,) = data(out)["results"]

@@ -131,8 +131,21 @@ def test_concurrent_clients_get_their_own_results(service):
 
 def test_panel_route_renders_escaped_results_without_credentials(service):
     c = client(service, "alice:secret")
-    payload = {"results": [{"index": 0, "seed": 1, "prompt": "<img src=x onerror=alert(1)>", "score": 2.0,
-                            "threshold": 1.0, "flagged": True, "reason": "", "words": [], "mitigation": None}]}
+    payload = {
+        "results": [
+            {
+                "index": 0,
+                "seed": 1,
+                "prompt": "<img src=x onerror=alert(1)>",
+                "score": 2.0,
+                "threshold": 1.0,
+                "flagged": True,
+                "reason": "",
+                "words": [],
+                "mitigation": None,
+            }
+        ]
+    }
     import json as _json
 
     r = c.post(f"{PREFIX}/panel", json={"payload": _json.dumps(payload), "target": "txt2img_prompt"})

@@ -212,8 +212,9 @@ def test_bodies_that_are_not_a_json_object_get_a_clear_4xx(served, path, raw):
 def test_a_post_must_say_it_is_json(served, path, kind):
     """Simple requests (no preflight): a web page could send them cross-site; they are refused before any work."""
     headers = {**RIGHT, **({"Content-Type": kind} if kind else {})}
-    assert_clear_4xx(served.client.post(f"{PREFIX}/{path}", content=json.dumps(BODIES[f"{PREFIX}/{path}"]),
-                                        headers=headers), 415)
+    assert_clear_4xx(
+        served.client.post(f"{PREFIX}/{path}", content=json.dumps(BODIES[f"{PREFIX}/{path}"]), headers=headers), 415
+    )
 
 
 @pytest.mark.parametrize("path", ["score", "calibration", "panel"])
@@ -243,8 +244,10 @@ RESULT = st.fixed_dictionaries(
     optional={
         **{k: JSON for k in RESULT_KEYS},
         "words": st.lists(WORD | JSON, max_size=3),
-        "mitigation": st.dictionaries(st.sampled_from(["strategy", "score_before", "score_after", "notes",
-                                                       "unet_forwards", "seconds"]), JSON) | JSON,
+        "mitigation": st.dictionaries(
+            st.sampled_from(["strategy", "score_before", "score_after", "notes", "unet_forwards", "seconds"]), JSON
+        )
+        | JSON,
     },
 )
 FUZZ = settings(max_examples=examples(150), deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -253,8 +256,15 @@ FUZZ = settings(max_examples=examples(150), deadline=None, suppress_health_check
 @FUZZ
 @given(st.lists(RESULT | JSON, max_size=3), JSON)
 @example(  # a significance past int()'s range used to escape as a 500
-    [{"prompt": "cat", "score": 2.0, "threshold": 1.0, "flagged": True,
-      "words": [{"start": 0, "end": 3, "normalized": 1e308}]}],
+    [
+        {
+            "prompt": "cat",
+            "score": 2.0,
+            "threshold": 1.0,
+            "flagged": True,
+            "words": [{"start": 0, "end": 3, "normalized": 1e308}],
+        }
+    ],
     "txt2img_prompt",
 )
 @example([{"score": 10**400, "threshold": 1, "flagged": True, "prompt": "x"}], None)  # no float holds it: was a 500
@@ -279,8 +289,10 @@ def test_score_and_calibration_answer_any_json_object_without_a_server_error(ser
 # --- concurrency -----------------------------------------------------------------------------------------------------
 def test_concurrent_clients_each_get_their_own_results(served):
     prompts = ["a red circle", "a green cross, (bold:1.3)", INJECTIONS[1], "two squares BREAK on grass"]
-    alone = {p: served.client.post(f"{PREFIX}/score", json={"prompts": [p], "explain": True}, headers=RIGHT).json()
-             for p in prompts}
+    alone = {
+        p: served.client.post(f"{PREFIX}/score", json={"prompts": [p], "explain": True}, headers=RIGHT).json()
+        for p in prompts
+    }
     start = threading.Barrier(len(prompts))
     got: dict[str, dict] = {}
 

@@ -184,4 +184,4 @@ def test_csv_report_neutralizes_spreadsheet_formulas(tmp_path):
     assert cli.main(["audit-data", "--data", str(root), "--out", str(out), "--no-score"]) == 0
     with open(out, newline="", encoding="utf-8") as handle:
         (row,) = list(csv.DictReader(handle))
-    assert row["caption"] == "'=HYPERLINK(\"http://example.invalid\",\"click\")" and row["file"] == "'=cmd.png"
+    assert row["caption"] == '\'=HYPERLINK("http://example.invalid","click")' and row["file"] == "'=cmd.png"

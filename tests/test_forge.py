@@ -364,7 +364,7 @@ def test_tab_and_api_service_reads_forge_unet(host):
     for seed, score in zip([0, 1], analyzed["scores"]):
         x = torch.randn((1, *shape), generator=torch.Generator("cpu").manual_seed(seed))
         with torch.no_grad():
-            d = (unet(x, 999, encoder_hidden_states=cond).sample - unet(x, 999, encoder_hidden_states=empty).sample)
+            d = unet(x, 999, encoder_hidden_states=cond).sample - unet(x, 999, encoder_hidden_states=empty).sample
         assert score == pytest.approx(float(d.norm()), rel=1e-4)
     assert analyzed["words"] and all(prompt[w["start"] : w["end"]] == w["text"] for w in analyzed["words"])
     assert "occlusion" in analyzed["note"] and "inference tensors" in analyzed["note"]

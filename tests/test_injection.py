@@ -52,7 +52,7 @@ def test_the_tab_analysis_shows_a_payload_as_text(service, payload):
 
 def test_the_batch_audit_summary_table_and_csv_keep_payloads_as_text(service, tmp_path):
     upload = tmp_path / "prompts.txt"
-    upload.write_text("\n".join(INJECTIONS) + "\n=HYPERLINK(\"http://x\")\n", encoding="utf-8")
+    upload.write_text("\n".join(INJECTIONS) + '\n=HYPERLINK("http://x")\n', encoding="utf-8")
     audit = actions.audit(lambda: service, str(upload), 1, out_dir=tmp_path)
     assert Markup(audit.html).inert(PANEL_TAGS | SVG_TAGS) and "Audited 6 prompts" in audit.html
     assert [row[1] for row in audit.rows] == [*INJECTIONS, '=HYPERLINK("http://x")']  # plain strings: gradio's

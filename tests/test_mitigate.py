@@ -148,7 +148,12 @@ def test_mitigated_images_keep_their_first_step_score_when_scores_average_steps(
 def test_forced_mitigation_without_threshold_aims_at_half_the_lowest_score(tiny):
     cases, interventions = [], []
     gens = sample(
-        tiny, PROMPT, [0, 1], steps=3, threshold=None, force=True,
+        tiny,
+        PROMPT,
+        [0, 1],
+        steps=3,
+        threshold=None,
+        force=True,
         strategy=_capturing(Embedding(max_iters=1), cases, interventions),
     )
     (case,) = cases

@@ -116,8 +116,16 @@ def test_the_generation_panel_shows_payloads_as_text(panel_route):
         {"text": PAYLOADS[0], "start": payload, "end": payload + len(PAYLOADS[0]), "value": 1.0, "normalized": 1.0},
     ]
     run.results[0] = ImageResult(
-        index=0, seed=PAYLOADS[1], prompt=PROMPT, score=2.0, d=2.0, threshold=1.0, threshold_source="", flagged=True,
-        sub_scores=[2.0], words=words,
+        index=0,
+        seed=PAYLOADS[1],
+        prompt=PROMPT,
+        score=2.0,
+        d=2.0,
+        threshold=1.0,
+        threshold_source="",
+        flagged=True,
+        sub_scores=[2.0],
+        words=words,
     )
     log = "\n".join(summary_lines(run))
     page = panel_route.page
