@@ -109,13 +109,13 @@ def build_text_encoder():
     model = CLIPTextModel(config).eval().requires_grad_(False)
     with torch.no_grad():
         model.get_input_embeddings().weight.normal_(0.0, TOKEN_SCALE)
-        _position_embedding(model).weight.normal_(0.0, POSITION_SCALE)
+        position_embedding(model).weight.normal_(0.0, POSITION_SCALE)
         for parameter in model.parameters():
             parameter.copy_(parameter.half().float())
     return model
 
 
-def _position_embedding(model) -> torch.nn.Embedding:
+def position_embedding(model) -> torch.nn.Embedding:
     """The CLIP text model's position embedding table, wherever the transformers version nests it."""
     return next(m for name, m in model.named_modules() if name.endswith("position_embedding"))
 
@@ -252,10 +252,10 @@ def write_pipeline(out: Path, unet, text_encoder) -> None:
         "unet": ["diffusers", "UNet2DConditionModel"],
         "vae": [None, None],
     }
-    _write_json(out / "model_index.json", index)
+    write_json(out / "model_index.json", index)
 
 
-def _write_json(path: Path, value: dict) -> None:
+def write_json(path: Path, value: dict) -> None:
     path.write_text(json.dumps(value, indent=2) + "\n", encoding="utf-8")
 
 
@@ -321,12 +321,12 @@ def write_classifier(out: Path, model: AttributeClassifier, accuracy: dict[str, 
     folder.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(folder / CLASSIFIER_WEIGHTS))
     description = {**model.config(), "input": "3x16x16 in [-1, 1]", "validation_accuracy": accuracy}
-    _write_json(folder / CLASSIFIER_CONFIG, description)
+    write_json(folder / CLASSIFIER_CONFIG, description)
 
 
 def write_metadata(out: Path, data: MiniatureData, seed: int, steps: int) -> None:
     """``miniature.json``: how the model was made (no timings, so the folder is reproducible)."""
-    _write_json(
+    write_json(
         out / "miniature.json",
         {
             "pixel_space": True,

@@ -44,12 +44,12 @@ from .train import (
     SCHEDULE,
     STEPS_PER_MINUTE,
     TOKEN_SCALE,
-    _position_embedding,
-    _write_json,
     batches,
     learning_rate,
     log,
+    position_embedding,
     token_ids,
+    write_json,
     write_prompts,
     write_references,
 )
@@ -130,7 +130,7 @@ def _random_clip(with_projection: bool, width: int):
     model = (CLIPTextModelWithProjection if with_projection else CLIPTextModel)(config).eval().requires_grad_(False)
     with torch.no_grad():
         model.get_input_embeddings().weight.normal_(0.0, TOKEN_SCALE)
-        _position_embedding(model).weight.normal_(0.0, POSITION_SCALE)
+        position_embedding(model).weight.normal_(0.0, POSITION_SCALE)
         for parameter in model.parameters():
             parameter.copy_(parameter.half().float())
     return model
@@ -216,7 +216,7 @@ def write_pipeline_xl(out: Path, unet, text_encoder, text_encoder_2) -> None:
     write_tokenizer_files(out / "tokenizer")
     write_tokenizer_2(out / "tokenizer_2")
     (out / "scheduler").mkdir(parents=True, exist_ok=True)
-    _write_json(out / "scheduler" / "scheduler_config.json", SCHEDULER_CONFIG)
+    write_json(out / "scheduler" / "scheduler_config.json", SCHEDULER_CONFIG)
     index = {
         "_class_name": "StableDiffusionXLPipeline",
         "_diffusers_version": diffusers.__version__,
@@ -231,7 +231,7 @@ def write_pipeline_xl(out: Path, unet, text_encoder, text_encoder_2) -> None:
         "unet": ["diffusers", "UNet2DConditionModel"],
         "vae": [None, None],
     }
-    _write_json(out / "model_index.json", index)
+    write_json(out / "model_index.json", index)
 
 
 def main_xl(args: argparse.Namespace) -> None:
@@ -251,7 +251,7 @@ def main_xl(args: argparse.Namespace) -> None:
     references, layout, mask = write_references(out, data)
     write_prompts(out, data, references, layout, mask)
     shutil.copytree(MODEL_DIR / "eval", out / "eval")
-    _write_json(
+    write_json(
         out / "miniature.json",
         {
             "architecture": "sdxl",
