@@ -148,7 +148,12 @@ def test_mitigated_images_keep_their_first_step_score_when_scores_average_steps(
 def test_forced_mitigation_without_threshold_aims_at_half_the_lowest_score(tiny):
     cases, interventions = [], []
     gens = sample(
-        tiny, PROMPT, [0, 1], steps=3, threshold=None, force=True,
+        tiny,
+        PROMPT,
+        [0, 1],
+        steps=3,
+        threshold=None,
+        force=True,
         strategy=_capturing(Embedding(max_iters=1), cases, interventions),
     )
     (case,) = cases
@@ -608,6 +613,16 @@ def test_merge():
     # the other way round: each part comes from whichever intervention has it
     m = merge(Intervention(torch.zeros(1), [Report("g")], guidance=["g"]), a)
     assert m.guidance == ["g"] and m.attention == AttentionEdit() and torch.equal(m.cond, torch.zeros(1))
+
+
+def test_merge_adds_up_the_cost_of_both_steps():
+    first = Intervention(
+        torch.zeros(1), [Report("embedding", unet_forwards=5, unet_backwards=3, seconds=1.5, notes=["a"])]
+    )
+    second = Intervention(torch.ones(1), [Report("guidance", unet_forwards=2, unet_backwards=1, seconds=0.25)])
+    (r,) = merge(first, second).reports
+    assert (r.unet_forwards, r.unet_backwards, r.seconds) == (7, 4, 1.75)
+    assert r.unet_equivalents == 15 and r.notes == ["a"] and r.score_after is None
 
 
 def test_auto_keeps_the_optimized_embedding_and_adds_the_guidance_schedule(tiny):
