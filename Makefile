@@ -12,7 +12,7 @@ HOSTS := a1111 forge
 # (named indirectly: a recipe line that names $(MAKE) itself would run even under `make -n`)
 HOSTS_INSTALL = $(MAKE) --no-print-directory hosts
 
-.PHONY: demo test test-hosts $(addprefix test-,$(HOSTS)) hosts lint bench mutation clean
+.PHONY: demo test test-hosts $(addprefix test-,$(HOSTS)) hosts lint bench mutation mutation-js clean
 
 $(VENV)/.installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -71,7 +71,12 @@ MUTATE ?= memguard/result.py memguard/flow.py memguard/detect.py memguard/strate
 	memguard/mitigate/base.py memguard/prompt_syntax.py
 MUTATION_JOBS ?= 2
 mutation: $(VENV)/.installed
-	$(PY) tests/mutation.py --jobs $(MUTATION_JOBS) $(MUTATE)
+	$(PY) -u tests/mutation.py --jobs $(MUTATION_JOBS) $(MUTATE)
+
+# The same for javascript/memguard.js: hand-written mutations (tests/js_mutation.py), each against the browser tests
+# (Debian's chromium); a few minutes.
+mutation-js: $(VENV)/.installed
+	$(PY) -u tests/js_mutation.py
 
 bench: $(VENV)/.installed
 	$(PY) bench/cost.py

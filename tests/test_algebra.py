@@ -48,8 +48,24 @@ def test_eps_from_v_is_not_symmetric_in_its_coefficients():
     assert eps_from_v(torch.zeros(1, 1, 1, 1), torch.ones(1, 1, 1, 1), 0.36).item() == pytest.approx(0.6)
 
 
+def test_eps_keeps_the_latents_dtype_with_per_row_coefficients():
+    """A per-row ``sigma`` or ``abar`` (float32, as samplers keep them) takes the latent's dtype: half-precision
+    latents give half-precision eps."""
+    x = torch.ones(2, 4, 2, 2, dtype=torch.float16)
+    assert eps_from_x0(x, x * 0, torch.tensor([1.0, 2.0])).dtype == torch.float16
+    assert eps_from_v(x, x, torch.tensor([0.5, 0.25])).dtype == torch.float16
+
+
+def test_eps_follows_the_latent_to_its_device():
+    """Per-row coefficients on the CPU are moved to the latent's device ("meta" stands in for a GPU here)."""
+    x = torch.empty(2, 4, 8, 8, device="meta")
+    assert eps_from_x0(x, x, torch.tensor([1.0, 2.0])).device == x.device
+    assert eps_from_v(x, x, torch.tensor([0.5, 0.25])).device == x.device
+
+
 def test_plain_layout():
     layout = BatchLayout.plain(3)
+    assert layout.cond_rows == (((0, 1.0),), ((1, 1.0),), ((2, 1.0),))  # every prompt at full weight
     assert layout.batch == 3 and layout.n_cond == 3
     assert [layout.uncond_row(i) for i in range(3)] == [3, 4, 5]
     assert layout.image_of_rows() == [0, 1, 2]

@@ -214,6 +214,9 @@ def test_authorized_takes_only_the_basic_credentials_of_a_known_user():
     assert not api.authorized(basic("bob", "secret")["Authorization"], creds)
     assert not api.authorized("Bearer " + base64.b64encode(b"alice:secret").decode(), creds)
     assert not api.authorized("Basic not-base64!", creds)
+    # strictly base64: stray characters are not skipped, even where skipping them would decode the right credentials
+    assert not api.authorized("Basic YWxp!Y2U6c2VjcmV0", creds)
+    assert base64.b64decode("YWxp!Y2U6c2VjcmV0") == b"alice:secret"
     assert not api.authorized("Basic " + base64.b64encode(b"alice:\xff").decode(), creds)  # not UTF-8
 
 
@@ -223,12 +226,14 @@ def test_json_bodies_are_standard_json_objects():
     status, message = refused(api._body, b'{"a": NaN}')
     assert (status, message) == (400, "body is not valid JSON: NaN is not JSON")
     assert refused(api._body, b"[" * 100_000) == (400, "body nests too deeply")
+    assert api._body(b"{}" + b" " * (api.MAX_BODY - 2)) == {}  # exactly the limit
     big = b'{"a": "' + b"x" * api.MAX_BODY + b'"}'
     assert refused(api._body, big) == (413, "request body over 262144 bytes")
     assert refused(lambda raw: api._json(raw, "'payload'", 422), "Infinity") == (
         422,
         "'payload' is not valid JSON: Infinity is not JSON",
     )
+    assert refused(lambda raw: api._json(raw, "'payload'", 422), "[" * 100_000) == (422, "'payload' nests too deeply")
     assert refused(lambda raw: api._json(raw), "{") == (400, "body is not valid JSON: " + _json_error("{"))
 
 
@@ -272,6 +277,8 @@ def test_read_body_wants_json_and_stops_at_the_size_limit():
             read({"content-type": "application/json", "content-length": announced})
         assert raised.value.status == 413
     assert read({"content-type": "application/json", "content-length": str(api.MAX_BODY)}) == {}
+    exactly = [b"{}", b" " * (api.MAX_BODY - 2)]
+    assert read({"content-type": "application/json"}, exactly) == {}
     chunks = [b'{"a": "', b"x" * api.MAX_BODY, b'"}']
     with pytest.raises(api.BadRequest, match=r"^request body over 262144 bytes$"):
         read({"content-type": "application/json"}, chunks)

@@ -615,6 +615,16 @@ def test_merge():
     assert m.guidance == ["g"] and m.attention == AttentionEdit() and torch.equal(m.cond, torch.zeros(1))
 
 
+def test_merge_adds_up_the_cost_of_both_steps():
+    first = Intervention(
+        torch.zeros(1), [Report("embedding", unet_forwards=5, unet_backwards=3, seconds=1.5, notes=["a"])]
+    )
+    second = Intervention(torch.ones(1), [Report("guidance", unet_forwards=2, unet_backwards=1, seconds=0.25)])
+    (r,) = merge(first, second).reports
+    assert (r.unet_forwards, r.unet_backwards, r.seconds) == (7, 4, 1.75)
+    assert r.unet_equivalents == 15 and r.notes == ["a"] and r.score_after is None
+
+
 def test_auto_keeps_the_optimized_embedding_and_adds_the_guidance_schedule(tiny):
     from memguard.mitigate import Auto
     from memguard.pipeline import sample
