@@ -2,10 +2,22 @@
 
 from __future__ import annotations
 
-import json
 import os
-import statistics
 import sys
+
+# On a machine shared with other jobs, OpenMP threads that spin while they wait for each other (libgomp spins before
+# it sleeps by default, and throughout with OMP_WAIT_POLICY=ACTIVE) lose whole time slices whenever one of them is
+# descheduled: a batch-1 scan of 32 prompts on the miniature at 2 threads took 9-11 s with ACTIVE and 1.2-4 s with
+# PASSIVE on the same loaded machine (load average 4-5 on 2 cores), and the default's runs ranged over 20x. The
+# benchmarks therefore run with OMP_WAIT_POLICY=PASSIVE unless the caller chose a policy; OpenMP reads it when torch
+# loads, so a benchmark started without it starts itself again once, with it set.
+if "OMP_WAIT_POLICY" not in os.environ:
+    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+    if sys.argv and sys.argv[0].endswith(".py"):
+        os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])
+
+import json
+import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -87,12 +99,11 @@ class Timer:
 
 def machine_load() -> dict:
     """The 1-, 5- and 15-minute load averages, the cores and torch's threads now."""
-    import os
-
     return {
         "loadavg": [round(v, 2) for v in os.getloadavg()],
         "cores": os.cpu_count(),
         "threads": torch.get_num_threads(),
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "(default)"),
     }
 
 
@@ -111,7 +122,8 @@ class Load:
     def line(self) -> str:
         b, a = self.before, self.after
         return (
-            f"machine: {b['cores']} cores, torch {b['threads']} threads; load average (1/5/15 min) "
+            f"machine: {b['cores']} cores, torch {b['threads']} threads, OMP_WAIT_POLICY {b['omp_wait_policy']}; "
+            f"load average (1/5/15 min) "
             f"{'/'.join(map(str, b['loadavg']))} before, {'/'.join(map(str, a['loadavg']))} after "
             f"({self.seconds:.0f} s)"
         )
@@ -222,7 +234,6 @@ def in_subprocess(script: str, *args: str, env: dict | None = None) -> dict:
     """Run ``script args`` in a fresh interpreter (``env`` added to the environment) and return the JSON object on its
     last line of output."""
     import json
-    import os
     import subprocess
 
     out = subprocess.run(

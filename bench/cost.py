@@ -7,7 +7,7 @@ forward over one image row; a backward counts as two) and the machine's load. Me
 sampling against one embedding-optimization iteration at ``--memory-latent`` (64 = 512 px), each configuration in a
 fresh process: the peak above the loaded weights and the whole-process peak (``bench/common.py``'s ``peak_memory``).
 
-    .venv/bin/python -u bench/cost.py [--latent 16] [--steps 10] [--repeats 5] [--memory-latent 64]
+    .venv/bin/python -u bench/cost.py [--latent 8] [--steps 10] [--repeats 5] [--memory-latent 64]
     .venv/bin/python -u bench/cost.py --repeats 0              # memory only
     .venv/bin/python -u bench/cost.py --memory-latent 0        # wall time only
 """
@@ -216,7 +216,7 @@ def _spread(values: list[float], fmt: str) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--latent", type=int, default=16, help="latent side for wall time (16 = 128 px images)")
+    ap.add_argument("--latent", type=int, default=8, help="latent side for wall time (8 = 64 px images)")
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--repeats", type=int, default=5, help="interleaved rounds (0: no wall-time table)")
     ap.add_argument("--memory-latent", type=int, default=64, help="latent side for memory (0: no memory table)")

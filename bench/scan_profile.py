@@ -1,5 +1,7 @@
 """Where a batched `scan` spends its time, and what batching the text side bought: the scan as committed against the
-text side it replaced (each distinct prompt tokenized and encoded on its own), interleaved, by wall and CPU time.
+text side it replaced (each distinct prompt tokenized and encoded on its own), and against the scan with the initial
+noise's scale computed once instead of from a new scheduler per seed (``Model.noise``, not changed here: the row
+says what changing it would buy), interleaved, by wall and CPU time.
 
     .venv/bin/python -u bench/scan_profile.py [--repeats 7] [--threads 2] [--profile 32]
 """
@@ -34,6 +36,24 @@ def _rows_per_prompt(model, prompts, n):
 
 
 @contextmanager
+def noise_scale_once(model):
+    """``Model.noise`` with ``init_noise_sigma`` read from one scheduler, not a new one per seed (same values)."""
+    sigma = model.scheduler(1).init_noise_sigma
+    original = pipeline.Model.noise
+
+    def noise(self, seed):
+        gen = torch.Generator("cpu").manual_seed(int(seed))
+        x = torch.randn((1, *self.latent_shape), generator=gen, dtype=torch.float32)
+        return (x * sigma).to(self.device)
+
+    pipeline.Model.noise = noise
+    try:
+        yield
+    finally:
+        pipeline.Model.noise = original
+
+
+@contextmanager
 def per_prompt_text():
     batched = pipeline._rows
     pipeline._rows = _rows_per_prompt
@@ -58,10 +78,15 @@ def main() -> None:
         with per_prompt_text():
             score_prompts(model, prompts, [0], batch_size=b)
 
+    def noise_once(b):
+        with noise_scale_once(model):
+            score_prompts(model, prompts, [0], batch_size=b)
+
     cases = {}
     for b in (1, 32):
         cases[f"before {b}"] = lambda b=b: before(b)
         cases[f"after {b}"] = lambda b=b: score_prompts(model, prompts, [0], batch_size=b)
+        cases[f"noise once {b}"] = lambda b=b: noise_once(b)
     with Load() as load:
         times = interleave(cases, args.repeats, log=print_progress)
     rows = []
@@ -73,10 +98,20 @@ def main() -> None:
                 str(ratio(measured, "after 32", "after 1", invert=True)),
                 str(ratio(measured, "after 1", "before 1", invert=True)),
                 str(ratio(measured, "after 32", "before 32", invert=True)),
+                str(ratio(measured, "noise once 32", "noise once 1", invert=True)),
+                str(ratio(measured, "noise once 32", "after 32", invert=True)),
             ]
         )
     table(
-        ["clock", "batch 32 vs 1, before", "batch 32 vs 1, after", "after vs before, batch 1", "after vs before, 32"],
+        [
+            "clock",
+            "batch 32 vs 1, before",
+            "batch 32 vs 1, after",
+            "after vs before, batch 1",
+            "after vs before, 32",
+            "32 vs 1, noise scale once",
+            "noise scale once vs after, 32",
+        ],
         rows,
         f"scan, {len(prompts)} prompts: text side batched (after) against per-prompt (before), median (min-max) of "
         f"{args.repeats} interleaved rounds",
