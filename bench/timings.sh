@@ -1,6 +1,6 @@
 #!/bin/sh
-# The runs behind docs/benchmarks-2026-12.md, one after another (each logs to out/). About 2 hours on a loaded 2-core
-# machine; the memory runs need about 7 GB each.
+# The timing and memory runs behind docs/benchmarks.md ("How timings are measured" and the sections after it), one
+# after another, each logging to out/. About 2 hours on a loaded 2-core machine; the memory runs need about 7 GB each.
 set -x
 PY=${PY:-.venv/bin/python}
 mkdir -p out
