@@ -20,12 +20,12 @@ Both sample in pixel space like ``tiny_model``'s SD1 model (3 x 8 x 8): the doub
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
-from tiny_model import SCHEDULER
+from tiny_model import SCHEDULER, tiny_clip_config, tiny_unet, write_scheduler
 
+from memguard.miniature.xl import write_tokenizer_2
 from memguard.tokens import write_tokenizer_files
 
 POOLED = 32  # CLIP-G's projection width (1280 in SDXL)
@@ -33,67 +33,15 @@ TIME_EMBED = 256  # each size number's embedding (SDXL's addition_time_embed_dim
 SD2_WIDTH = 1024  # OpenCLIP-H's width
 
 
-def _clip_config(hidden: int, pad: int, heads: int = 4, **extra):
-    from transformers import CLIPTextConfig
-
-    return CLIPTextConfig(
-        vocab_size=49408,
-        hidden_size=hidden,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=heads,
-        max_position_embeddings=77,
-        bos_token_id=49406,
-        eos_token_id=49407,
-        pad_token_id=pad,
-        **extra,
-    )
-
-
-def _unet(cross_attention_dim: int, **extra):
-    from diffusers import UNet2DConditionModel
-
-    return UNet2DConditionModel(
-        sample_size=8,
-        in_channels=3,
-        out_channels=3,
-        block_out_channels=(16, 32),
-        layers_per_block=1,
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=cross_attention_dim,
-        attention_head_dim=8,
-        norm_num_groups=8,
-        **extra,
-    )
-
-
-def _tokenizer(directory: Path, pad: str | None = None) -> None:
-    """memguard's CLIP tokenizer files; ``pad`` replaces the padding token (OpenCLIP's tokenizers pad with "!")."""
-    write_tokenizer_files(directory)
-    if pad is None:
-        return
-    for name in ("tokenizer_config.json", "special_tokens_map.json"):
-        config = json.loads((directory / name).read_text(encoding="utf-8"))
-        config["pad_token"] = pad
-        (directory / name).write_text(json.dumps(config, indent=2), encoding="utf-8")
-
-
-def _scheduler(path: Path, prediction_type: str) -> None:
-    (path / "scheduler").mkdir(parents=True, exist_ok=True)
-    config = {**SCHEDULER, "prediction_type": prediction_type}
-    (path / "scheduler" / "scheduler_config.json").write_text(json.dumps(config))
-
-
 def build_tiny_sdxl(path: Path, seed: int = 0) -> Path:
     """Save a random tiny SDXL-shaped model (see the module docstring) in diffusers layout under ``path``."""
     from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
     torch.manual_seed(seed)
-    text_l = CLIPTextModel(_clip_config(32, pad=49407))
-    text_g = CLIPTextModelWithProjection(_clip_config(32, pad=0, projection_dim=POOLED))
+    text_l = CLIPTextModel(tiny_clip_config(32, pad=49407))
+    text_g = CLIPTextModelWithProjection(tiny_clip_config(32, pad=0, projection_dim=POOLED))
     hidden = text_l.config.hidden_size + text_g.config.hidden_size
-    unet = _unet(
+    unet = tiny_unet(
         hidden,
         addition_embed_type="text_time",
         addition_time_embed_dim=TIME_EMBED,
@@ -102,9 +50,9 @@ def build_tiny_sdxl(path: Path, seed: int = 0) -> Path:
     unet.save_pretrained(path / "unet")
     text_l.save_pretrained(path / "text_encoder")
     text_g.save_pretrained(path / "text_encoder_2")
-    _tokenizer(path / "tokenizer")
-    _tokenizer(path / "tokenizer_2", pad="!")
-    _scheduler(path, "epsilon")
+    write_tokenizer_files(path / "tokenizer")
+    write_tokenizer_2(path / "tokenizer_2")
+    write_scheduler(path, {**SCHEDULER, "prediction_type": "epsilon"})
     return path
 
 
@@ -113,9 +61,9 @@ def build_tiny_sd2(path: Path, seed: int = 0) -> Path:
     from transformers import CLIPTextModel
 
     torch.manual_seed(seed)
-    text = CLIPTextModel(_clip_config(SD2_WIDTH, pad=0, heads=16))
-    _unet(SD2_WIDTH).save_pretrained(path / "unet")
+    text = CLIPTextModel(tiny_clip_config(SD2_WIDTH, pad=0, heads=16))
+    tiny_unet(SD2_WIDTH).save_pretrained(path / "unet")
     text.save_pretrained(path / "text_encoder")
-    _tokenizer(path / "tokenizer", pad="!")
-    _scheduler(path, "v_prediction")
+    write_tokenizer_2(path / "tokenizer")  # OpenCLIP pads with "!", as SDXL's tokenizer_2
+    write_scheduler(path, {**SCHEDULER, "prediction_type": "v_prediction"})
     return path

@@ -18,6 +18,7 @@ from webui_helpers import (
     generate,
     guard_index,
     pixels,
+    record_first_step,
     results,
     scores,
     set_threshold,
@@ -53,15 +54,9 @@ def test_watch_scores_every_image_and_writes_infotext(host):
 def test_watch_score_equals_direct_recomputation(host, scale):
     """``d`` from the host's CFG batch == || eps(x_T, c) - eps(x_T, "") || on the bare network; the judged score is
     ``d`` at the model's native size (``d * sqrt(h0 w0 / (h w))``), at every size and aspect ratio."""
-    from modules import script_callbacks, shared
+    from modules import shared
 
-    seen = {}
-
-    def grab(params):
-        if params.denoiser.step == 0:
-            seen["x"], seen["sigma"] = params.x.clone(), params.sigma.clone()
-
-    script_callbacks.on_cfg_denoiser(grab)
+    seen = record_first_step()
     height, width = side() * scale[0], side() * scale[1]
     out = generate(host, sampler_name="DDIM", steps=5, height=height, width=width)
     unet, t = shared.sd_model.model.diffusion_model, int(seen["sigma"][0])

@@ -18,6 +18,7 @@ from webui_helpers import (
     generate,
     guard_index,
     pixels,
+    record_first_step,
     results,
     scores,
     set_threshold,
@@ -93,15 +94,9 @@ def test_watch_scores_every_image_and_writes_infotext(host):
 def test_watch_score_equals_direct_recomputation(host, scale):
     """``d`` from Forge's post-CFG predictions == || eps(x_T, c) - eps(x_T, "") || from the bare network; the judged
     score is ``d`` at the native size."""
-    from modules import script_callbacks, shared
+    from modules import shared
 
-    seen = {}
-
-    def grab(params):
-        if params.denoiser.step == 0:
-            seen["x"], seen["sigma"] = params.x.clone(), params.sigma.clone()
-
-    script_callbacks.on_cfg_denoiser(grab)
+    seen = record_first_step()
     out = generate(host, batch_size=2, steps=5, height=side() * scale[0], width=side() * scale[1])
     assert seen["x"].shape[0] == 2  # Forge hands on_cfg_denoiser one row per image
     unet = shared.sd_model.memguard_model.unet

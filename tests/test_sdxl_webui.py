@@ -21,7 +21,18 @@ import numpy as np
 import pytest
 import torch
 from sdxl_model import POOLED, TIME_EMBED, build_tiny_sdxl
-from webui_helpers import GUARD, data, flag_one, generate, guard_index, pixels, results, set_threshold, side
+from webui_helpers import (
+    GUARD,
+    data,
+    flag_one,
+    generate,
+    guard_index,
+    pixels,
+    record_first_step,
+    results,
+    set_threshold,
+    side,
+)
 
 pytest.importorskip("gradio")
 
@@ -157,15 +168,8 @@ def test_watch_score_equals_diffusers_own_sdxl_computation(host):
     """Wen's d read from the host's batch == || eps(x_T, c) - eps(x_T, zeros) || from a freshly loaded diffusers SDXL
     UNet fed the raw size ids and the encoders' own outputs (another way to the same number), per image."""
     from diffusers import UNet2DConditionModel
-    from modules import script_callbacks
 
-    seen = {}
-
-    def grab(params):
-        if params.denoiser.step == 0:
-            seen["x"], seen["sigma"] = params.x.clone(), params.sigma.clone()
-
-    script_callbacks.on_cfg_denoiser(grab)
+    seen = record_first_step()
     out = generate(host, batch_size=2, steps=4)
     x, sigma = seen["x"][:2], seen["sigma"][:2]
     unet = UNet2DConditionModel.from_pretrained(host.sd_model.memguard_model.path / "unet").eval()

@@ -54,6 +54,21 @@ def pixels(processed) -> list[np.ndarray]:
     return [np.asarray(im) for im in processed.images[processed.index_of_first_image :]]
 
 
+def record_first_step() -> dict:
+    """Register an ``on_cfg_denoiser`` callback that keeps clones of the first sampling step's ``x`` and ``sigma``;
+    returns the dict it fills (``"x"``, ``"sigma"``) in the generations that follow."""
+    from modules import script_callbacks
+
+    seen = {}
+
+    def grab(params):
+        if params.denoiser.step == 0:
+            seen["x"], seen["sigma"] = params.x.clone(), params.sigma.clone()
+
+    script_callbacks.on_cfg_denoiser(grab)
+    return seen
+
+
 def guard_index() -> int:
     """First argument index of the Memorization guard dropdown script."""
     from modules import scripts

@@ -17,7 +17,7 @@ import math
 import shutil
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, cast
 
@@ -65,48 +65,60 @@ def log(message: str) -> None:
 # ------------------------------------------------------------------------------------------------- models
 
 
-def build_unet():
-    """The tiny pixel-space SD1-shaped UNet (3x16x16, cross-attention on 64-wide text states)."""
+def build_unet(cross_attention_dim: int = TEXT_WIDTH, **extra: Any):
+    """The tiny pixel-space SD1-shaped UNet (3x16x16, cross-attention on 64-wide text states); ``extra``: more
+    ``UNet2DConditionModel`` arguments (the SDXL miniature's added conditioning)."""
     from diffusers import UNet2DConditionModel
 
     return UNet2DConditionModel(
         sample_size=IMAGE_SIZE,
         in_channels=3,
         out_channels=3,
-        cross_attention_dim=TEXT_WIDTH,
+        cross_attention_dim=cross_attention_dim,
         block_out_channels=(32, 64, 64),
         layers_per_block=1,
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
         attention_head_dim=8,
         norm_num_groups=8,
+        **extra,
     )
 
 
 def build_text_encoder():
-    """A tiny CLIP text model at random init, its weights rounded to fp16 (the dtype it is shipped in).
+    """A tiny CLIP text model at random init, its weights rounded to fp16 (the dtype it is shipped in)."""
+    from transformers import CLIPTextModel
+
+    return random_text_encoder(CLIPTextModel, TEXT_WIDTH, layers=2, projection_dim=TEXT_WIDTH)
+
+
+def random_text_encoder(
+    model_class, width: int, layers: int, projection_dim: int, hidden_act: str = "quick_gelu", pad_token_id: int = 49407
+):
+    """A tiny frozen ``model_class`` (a transformers CLIP text model) at random init, ``width`` wide, 4 heads, CLIP's
+    vocabulary, 77 positions; its weights rounded to fp16 (the dtype it is shipped in).
 
     Token embeddings are drawn at unit scale (positions at 0.3) instead of CLIP's 0.02: at 0.02 the random
     attention layers swamp them and every position becomes a near-identical average of the words before it, so the
     states carry almost no word identity; at unit scale each position keeps its token (as a trained CLIP does) and
     the EOS padding positions summarize the caption.
     """
-    from transformers import CLIPTextConfig, CLIPTextModel
+    from transformers import CLIPTextConfig
 
     config = CLIPTextConfig(
         vocab_size=VOCAB_SIZE,
-        hidden_size=TEXT_WIDTH,
-        intermediate_size=2 * TEXT_WIDTH,
-        projection_dim=TEXT_WIDTH,
-        num_hidden_layers=2,
+        hidden_size=width,
+        intermediate_size=2 * width,
+        projection_dim=projection_dim,
+        num_hidden_layers=layers,
         num_attention_heads=4,
         max_position_embeddings=CONTEXT,
-        hidden_act="quick_gelu",
+        hidden_act=hidden_act,
         bos_token_id=49406,
         eos_token_id=49407,
-        pad_token_id=49407,
+        pad_token_id=pad_token_id,
     )
-    model = CLIPTextModel(config).eval().requires_grad_(False)
+    model = model_class(config).eval().requires_grad_(False)
     with torch.no_grad():
         model.get_input_embeddings().weight.normal_(0.0, TOKEN_SCALE)
         position_embedding(model).weight.normal_(0.0, POSITION_SCALE)
@@ -146,31 +158,36 @@ def learning_rate(step: int, steps: int) -> float:
     return LEARNING_RATE * (0.1 + 0.45 * (1 + math.cos(math.pi * progress)))
 
 
-def train_unet(data: MiniatureData, text_encoder, tokenizer, steps: int, seed: int, device: str):
-    """Epsilon-prediction training with DDPM noise, uniform timesteps and caption dropout to ""."""
+def train_epsilon(
+    build: Callable[[], Any],
+    data: MiniatureData,
+    steps: int,
+    seed: int,
+    device: str,
+    condition: Callable[[Tensor, torch.Generator], dict[str, Any]],
+):
+    """The UNet training both miniatures share: ``build()``'s UNet, drawn after seeding torch with ``seed``, learns
+    epsilon with DDPM noise, uniform timesteps, AdamW and ``learning_rate``'s schedule.
+
+    ``condition(captions, generator)`` gives the UNet's conditioning keyword arguments for a batch's caption indices;
+    it draws the caption dropout from ``generator`` (before the batch's noise and timesteps)."""
     from diffusers import DDPMScheduler
 
     torch.manual_seed(seed)
-    unet = build_unet().to(device).train()
+    unet = build().to(device).train()
     noise_scheduler = DDPMScheduler(**SCHEDULE)
     optimizer = torch.optim.AdamW(unet.parameters(), lr=LEARNING_RATE, betas=(0.9, 0.99), weight_decay=0.0)
     images = torch.from_numpy(data.images)
     image_index, caption_index = torch.from_numpy(data.image_index), torch.from_numpy(data.caption_index)
-    ids = token_ids(tokenizer, data.captions)
-    empty = token_ids(tokenizer, [""])[0]
     generator = torch.Generator().manual_seed(seed + 1)
-    text_encoder = text_encoder.to(device)
     start, running = time.time(), 0.0
     for step, pairs in zip(range(steps), batches(len(image_index), generator)):
         x0 = images[image_index[pairs]]
-        batch_ids = ids[caption_index[pairs]].clone()
-        batch_ids[torch.rand(len(pairs), generator=generator) < CAPTION_DROPOUT] = empty
+        conditioning = condition(caption_index[pairs], generator)
         noise = torch.randn(x0.shape, generator=generator)
         t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (len(pairs),), generator=generator)
         noisy = noise_scheduler.add_noise(x0, noise, t)
-        with torch.no_grad():
-            context = text_encoder(batch_ids.to(device)).last_hidden_state
-        prediction = unet(noisy.to(device), t.to(device), encoder_hidden_states=context).sample
+        prediction = unet(noisy.to(device), t.to(device), **conditioning).sample
         loss = F.mse_loss(prediction, noise.to(device))
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step, steps)
@@ -183,6 +200,21 @@ def train_unet(data: MiniatureData, text_encoder, tokenizer, steps: int, seed: i
             log(f"unet step {step + 1}/{steps}  loss {running / ((step % 100) + 1):.4f}  {time.time() - start:.0f}s")
             running = 0.0
     return unet.eval().cpu()
+
+
+def train_unet(data: MiniatureData, text_encoder, tokenizer, steps: int, seed: int, device: str):
+    """``train_epsilon`` of ``build_unet``'s UNet on the text encoder's last hidden states, caption dropout to ""."""
+    ids = token_ids(tokenizer, data.captions)
+    empty = token_ids(tokenizer, [""])[0]
+    text_encoder = text_encoder.to(device)
+
+    def condition(captions: Tensor, generator: torch.Generator) -> dict[str, Tensor]:
+        batch_ids = ids[captions].clone()
+        batch_ids[torch.rand(len(captions), generator=generator) < CAPTION_DROPOUT] = empty
+        with torch.no_grad():
+            return {"encoder_hidden_states": text_encoder(batch_ids.to(device)).last_hidden_state}
+
+    return train_epsilon(build_unet, data, steps, seed, device, condition)
 
 
 def _augment(images: Tensor, generator: torch.Generator) -> Tensor:
@@ -231,7 +263,6 @@ def _clear(out: Path) -> None:
 
 def write_pipeline(out: Path, unet, text_encoder) -> None:
     """UNet (fp32), text encoder (fp16), tokenizer, DDIM scheduler config and ``model_index.json``."""
-    import diffusers
     from diffusers import DDIMScheduler
 
     unet.save_pretrained(out / "unet", safe_serialization=True)
@@ -239,19 +270,29 @@ def write_pipeline(out: Path, unet, text_encoder) -> None:
     text_encoder.float()
     write_tokenizer_files(out / "tokenizer")
     DDIMScheduler(**DDIM_CONFIG).save_pretrained(out / "scheduler")
-    index = {
-        "_class_name": "StableDiffusionPipeline",
-        "_diffusers_version": diffusers.__version__,
-        "feature_extractor": [None, None],
-        "image_encoder": [None, None],
+    entries = {
         "requires_safety_checker": False,
         "safety_checker": [None, None],
         "scheduler": ["diffusers", "DDIMScheduler"],
         "text_encoder": ["transformers", "CLIPTextModel"],
+    }
+    write_model_index(out, "StableDiffusionPipeline", entries)
+
+
+def write_model_index(out: Path, pipeline: str, entries: dict[str, Any]) -> None:
+    """``model_index.json`` of a diffusers ``pipeline`` in pixel space: ``entries`` plus the UNet, the tokenizer and
+    no VAE, feature extractor or image encoder, in sorted order (as diffusers writes it)."""
+    import diffusers
+
+    entries = {
+        "feature_extractor": [None, None],
+        "image_encoder": [None, None],
         "tokenizer": ["transformers", "CLIPTokenizer"],
         "unet": ["diffusers", "UNet2DConditionModel"],
         "vae": [None, None],
+        **entries,
     }
+    index = {"_class_name": pipeline, "_diffusers_version": diffusers.__version__, **dict(sorted(entries.items()))}
     write_json(out / "model_index.json", index)
 
 

@@ -27,29 +27,27 @@ import json
 import shutil
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-from ..tokens import CONTEXT, VOCAB_SIZE, load_tokenizer, write_tokenizer_files
+from ..tokens import load_tokenizer, write_tokenizer_files
 from . import MODEL_DIR, XL_MODEL_DIR
 from .data import IMAGE_SIZE
 from .dataset import MiniatureData, build
 from .train import (
     BATCH_SIZE,
     CAPTION_DROPOUT,
-    LEARNING_RATE,
-    POSITION_SCALE,
     SCHEDULE,
     STEPS_PER_MINUTE,
-    TOKEN_SCALE,
-    batches,
-    learning_rate,
+    build_unet,
     log,
-    position_embedding,
+    random_text_encoder,
     token_ids,
+    train_epsilon,
     write_json,
+    write_model_index,
     write_prompts,
     write_references,
 )
@@ -89,19 +87,8 @@ OUTPUTS = (
 def build_unet_xl():
     """The tiny pixel-space SDXL-shaped UNet: SD1 miniature's blocks, linear attention projections (SDXL's), and the
     ``text_time`` added embedding of the pooled vector and the six size/crop numbers."""
-    from diffusers import UNet2DConditionModel
-
-    return UNet2DConditionModel(
-        sample_size=IMAGE_SIZE,
-        in_channels=3,
-        out_channels=3,
-        cross_attention_dim=sum(TEXT_WIDTHS),
-        block_out_channels=(32, 64, 64),
-        layers_per_block=1,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-        attention_head_dim=8,
-        norm_num_groups=8,
+    return build_unet(
+        sum(TEXT_WIDTHS),
         use_linear_projection=True,
         addition_embed_type="text_time",
         addition_time_embed_dim=TIME_EMBED_DIM,
@@ -109,36 +96,16 @@ def build_unet_xl():
     )
 
 
-def _random_clip(with_projection: bool, width: int):
-    """A tiny CLIP text model at random init (unit-scale token embeddings, see ``train.build_text_encoder``),
-    rounded to fp16, frozen."""
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
-
-    config = CLIPTextConfig(
-        vocab_size=VOCAB_SIZE,
-        hidden_size=width,
-        intermediate_size=2 * width,
-        projection_dim=POOLED_DIM,
-        num_hidden_layers=TEXT_LAYERS,
-        num_attention_heads=4,
-        max_position_embeddings=CONTEXT,
-        hidden_act="gelu" if with_projection else "quick_gelu",
-        bos_token_id=49406,
-        eos_token_id=49407,
-        pad_token_id=0 if with_projection else 49407,
-    )
-    model = (CLIPTextModelWithProjection if with_projection else CLIPTextModel)(config).eval().requires_grad_(False)
-    with torch.no_grad():
-        model.get_input_embeddings().weight.normal_(0.0, TOKEN_SCALE)
-        position_embedding(model).weight.normal_(0.0, POSITION_SCALE)
-        for parameter in model.parameters():
-            parameter.copy_(parameter.half().float())
-    return model
-
-
 def build_text_encoders():
-    """``(text_encoder, text_encoder_2)``, drawn in that order from torch's global generator."""
-    return _random_clip(False, TEXT_WIDTHS[0]), _random_clip(True, TEXT_WIDTHS[1])
+    """``(text_encoder, text_encoder_2)``, drawn in that order from torch's global generator (see
+    ``train.random_text_encoder``): CLIP-L's place (quick GELU, EOS padding) and OpenCLIP-G's (GELU, padding 0)."""
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
+    first = random_text_encoder(CLIPTextModel, TEXT_WIDTHS[0], TEXT_LAYERS, POOLED_DIM)
+    second = random_text_encoder(
+        CLIPTextModelWithProjection, TEXT_WIDTHS[1], TEXT_LAYERS, POOLED_DIM, hidden_act="gelu", pad_token_id=0
+    )
+    return first, second
 
 
 def padded_2(ids: Tensor, pad: int = 0) -> Tensor:
@@ -158,42 +125,19 @@ def condition(text_encoder, text_encoder_2, ids: Tensor) -> tuple[Tensor, Tensor
 
 
 def train_unet_xl(data: MiniatureData, encoders, tokenizer, steps: int, seed: int, device: str):
-    """``train.train_unet`` with SDXL's added conditioning and caption dropout by zeroing context and pooled."""
-    from diffusers import DDPMScheduler
-
-    torch.manual_seed(seed)
-    unet = build_unet_xl().to(device).train()
-    noise_scheduler = DDPMScheduler(**SCHEDULE)
-    optimizer = torch.optim.AdamW(unet.parameters(), lr=LEARNING_RATE, betas=(0.9, 0.99), weight_decay=0.0)
-    images = torch.from_numpy(data.images)
-    image_index, caption_index = torch.from_numpy(data.image_index), torch.from_numpy(data.caption_index)
+    """``train.train_epsilon`` with SDXL's added conditioning and caption dropout by zeroing context and pooled."""
     ids = token_ids(tokenizer, data.captions)
-    generator = torch.Generator().manual_seed(seed + 1)
     encoders = [e.to(device) for e in encoders]
     time_ids = torch.tensor([TIME_IDS], dtype=torch.float32, device=device)
-    start, running = time.time(), 0.0
-    for step, pairs in zip(range(steps), batches(len(image_index), generator)):
-        x0 = images[image_index[pairs]]
-        context, pooled = condition(encoders[0], encoders[1], ids[caption_index[pairs]].to(device))
-        kept = (torch.rand(len(pairs), generator=generator) >= CAPTION_DROPOUT).float().to(device)
+
+    def condition_xl(captions: Tensor, generator: torch.Generator) -> dict[str, Any]:
+        context, pooled = condition(encoders[0], encoders[1], ids[captions].to(device))
+        kept = (torch.rand(len(captions), generator=generator) >= CAPTION_DROPOUT).float().to(device)
         context, pooled = context * kept[:, None, None], pooled * kept[:, None]
-        noise = torch.randn(x0.shape, generator=generator)
-        t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (len(pairs),), generator=generator)
-        noisy = noise_scheduler.add_noise(x0, noise, t)
-        added = {"text_embeds": pooled, "time_ids": time_ids.expand(len(pairs), -1)}
-        prediction = unet(noisy.to(device), t.to(device), context, added_cond_kwargs=added).sample
-        loss = F.mse_loss(prediction, noise.to(device))
-        for group in optimizer.param_groups:
-            group["lr"] = learning_rate(step, steps)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
-        optimizer.step()
-        running += loss.item()
-        if (step + 1) % 100 == 0 or step + 1 == steps:
-            log(f"unet step {step + 1}/{steps}  loss {running / ((step % 100) + 1):.4f}  {time.time() - start:.0f}s")
-            running = 0.0
-    return unet.eval().cpu()
+        added = {"text_embeds": pooled, "time_ids": time_ids.expand(len(captions), -1)}
+        return {"encoder_hidden_states": context, "added_cond_kwargs": added}
+
+    return train_epsilon(build_unet_xl, data, steps, seed, device, condition_xl)
 
 
 def write_tokenizer_2(folder: Path) -> None:
@@ -207,8 +151,6 @@ def write_tokenizer_2(folder: Path) -> None:
 
 def write_pipeline_xl(out: Path, unet, text_encoder, text_encoder_2) -> None:
     """UNet (fp32), text encoders (fp16), both tokenizers, the scheduler config and ``model_index.json``."""
-    import diffusers
-
     unet.save_pretrained(out / "unet", safe_serialization=True)
     for name, encoder in (("text_encoder", text_encoder), ("text_encoder_2", text_encoder_2)):
         encoder.half().save_pretrained(out / name, safe_serialization=True)
@@ -217,21 +159,14 @@ def write_pipeline_xl(out: Path, unet, text_encoder, text_encoder_2) -> None:
     write_tokenizer_2(out / "tokenizer_2")
     (out / "scheduler").mkdir(parents=True, exist_ok=True)
     write_json(out / "scheduler" / "scheduler_config.json", SCHEDULER_CONFIG)
-    index = {
-        "_class_name": "StableDiffusionXLPipeline",
-        "_diffusers_version": diffusers.__version__,
-        "feature_extractor": [None, None],
+    entries = {
         "force_zeros_for_empty_prompt": True,
-        "image_encoder": [None, None],
         "scheduler": ["diffusers", "EulerDiscreteScheduler"],
         "text_encoder": ["transformers", "CLIPTextModel"],
         "text_encoder_2": ["transformers", "CLIPTextModelWithProjection"],
-        "tokenizer": ["transformers", "CLIPTokenizer"],
         "tokenizer_2": ["transformers", "CLIPTokenizer"],
-        "unet": ["diffusers", "UNet2DConditionModel"],
-        "vae": [None, None],
     }
-    write_json(out / "model_index.json", index)
+    write_model_index(out, "StableDiffusionXLPipeline", entries)
 
 
 def main_xl(args: argparse.Namespace) -> None:
