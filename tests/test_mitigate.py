@@ -661,6 +661,34 @@ def test_auto_adds_the_attention_edit_when_optimization_stays_above_the_threshol
     assert any("attention edit added" in n for n in report.notes) == (not reachable)
 
 
+def test_embedding_returns_its_best_iterate_not_its_last():
+    """``d = ||cond||``, one free coordinate from 1.0: AdamW at lr 0.8 overshoots zero (d 1.0, 0.19, 0.61, ...), so
+    the lowest ``d`` is an early iterate; that one comes back, with its ``d`` as ``score_after``."""
+    seen: list[tuple[torch.Tensor, float]] = []
+
+    def eps_model(x, c):
+        seen.append((c.detach().clone(), float(c.detach().norm())))
+        return c.flatten(1)[:, None, None, :]
+
+    case = Case(
+        eps_model=eps_model,
+        x=torch.zeros(1, 1, 1, 1),
+        cond=torch.tensor([[[0.0], [1.0]]]),
+        eps_empty=torch.zeros(1, 1, 1, 2),
+        keep=[[0, 1]],
+        bos=[0],
+        target=0.0,
+        scores=[1.0],
+    )
+    out = Embedding(lr=0.8, max_iters=4)(case)
+    d = [value for _, value in seen]
+    best = min(range(len(d)), key=d.__getitem__)
+    assert len(d) == 5 and 0 < best < len(d) - 1 and d[-1] > d[best]  # down, then up
+    assert out.reports[0].score_after == pytest.approx(d[best])
+    assert torch.equal(out.cond, seen[best][0])
+    assert out.reports[0].iterations == 4 and out.reports[0].notes  # still above the target
+
+
 @pytest.mark.parametrize("recompute", ["layers", "nested", "blocks"])
 def test_embedding_recompute_granularity_same_result(tiny, recompute):
     """Recomputing blocks, layers or both (nested) in the backward pass changes nothing but memory and time."""
