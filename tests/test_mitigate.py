@@ -35,7 +35,7 @@ def _case(model, seeds=(0,), steps=10, target=0.0, interrupted=lambda: False, pr
         eps_empty = model.eps(x, t, model.empty().expand(n, -1, -1))
         scores = (model.eps(x, t, cond) - eps_empty).flatten(1).norm(dim=1).tolist()
     return Case(
-        eps_model=lambda xx, cc: model.eps(xx, t, cc),
+        eps_model=lambda xx, cc, rows=None: model.eps(xx, t, cc),
         x=x,
         cond=cond,
         eps_empty=eps_empty,
@@ -645,7 +645,7 @@ def test_auto_adds_the_attention_edit_when_optimization_stays_above_the_threshol
     from memguard.mitigate import Auto
 
     case = Case(
-        eps_model=lambda x, c: c.flatten(1)[:, None, None, :],
+        eps_model=lambda x, c, rows=None: c.flatten(1)[:, None, None, :],
         x=torch.zeros(1, 1, 1, 1),
         cond=torch.full((1, 77, 4), 1 / (76 * 4) ** 0.5).index_fill_(1, torch.tensor([0]), 0.0),
         eps_empty=torch.zeros(1, 1, 1, 77 * 4),
@@ -666,7 +666,7 @@ def test_embedding_returns_its_best_iterate_not_its_last():
     the lowest ``d`` is an early iterate; that one comes back, with its ``d`` as ``score_after``."""
     seen: list[tuple[torch.Tensor, float]] = []
 
-    def eps_model(x, c):
+    def eps_model(x, c, rows=None):
         seen.append((c.detach().clone(), float(c.detach().norm())))
         return c.flatten(1)[:, None, None, :]
 

@@ -8,6 +8,10 @@ on the *batch* norm of 4 images (about 1.5 per image on SD1.4); memguard stops e
 flagged) and ``target_ratio`` to go further below it. An image that never reaches the target keeps its iterate of
 lowest evaluated ``d`` (a step can overshoot), and reports that ``d``.
 
+On SDXL (a case with ``pooled``) the pooled text vector ``p`` is optimized jointly, ``L(e, p)``: it enters every block
+through the time embedding, so with ``e`` alone it keeps carrying the memorized caption; every evaluation passes each
+row's own ``p`` (``Case.eps_model(x, e, rows, p)``), so the rows still above the target are evaluated on their own.
+
 Only the embedding receives gradients (the model's parameters are frozen for the duration and no parameter gradient
 is ever allocated). Memory is bounded by activation checkpointing (:func:`checkpoint_units`): by default the residual
 blocks, spatial transformers and resamplers inside the blocks the host names are recomputed one at a time in the
@@ -139,29 +143,36 @@ class Embedding:
                 stack.enter_context(frozen([case.model]))
             e = case.cond.detach().clone().float().requires_grad_(True)
             bos_vectors = e.detach()[:, case.bos].clone()
-            best = e.detach().clone()  # per row, the iterate of the lowest d evaluated
+            params = [e]
+            if case.pooled is not None:
+                params.append(case.pooled.detach().clone().float().requires_grad_(True))
+            best = [p.detach().clone() for p in params]  # per row, the iterate of the lowest d evaluated
             best_d = [float("inf")] * n
-            opt = torch.optim.AdamW([e], lr=self.lr, weight_decay=self.weight_decay)
+            opt = torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
             active = torch.ones(n, dtype=torch.bool)
             bos = torch.tensor(case.bos, dtype=torch.long)
             for it in range(self.max_iters + 1):
                 rows = active.nonzero().flatten()
                 with torch.set_grad_enabled(it < self.max_iters):  # the last evaluation needs no graph
-                    eps = case.eps_model(case.x[rows], e[rows].to(case.cond.dtype))
+                    eps = case.eps_model(
+                        case.x[rows], e[rows].to(case.cond.dtype), rows.tolist(), *self._pooled(case, params, rows)
+                    )
                 d = (eps.float() - case.eps_empty[rows].float()).flatten(1).norm(dim=1)
                 for r, value in zip(rows.tolist(), d.detach().tolist()):
                     reports[r].unet_forwards += 1
                     if value < best_d[r]:
                         best_d[r] = value
-                        best[r] = e.detach()[r]
+                        for kept, p in zip(best, params):
+                            kept[r] = p.detach()[r]
                 done = d.detach() <= target
                 active[rows[done]] = False
                 if not active.any() or it == self.max_iters or case.interrupted():
                     break
-                (grad,) = torch.autograd.grad(d[~done].sum(), e)
-                grad[:, bos] = 0
-                e.grad = grad
-                e.grad[~active] = 0
+                grads = torch.autograd.grad(d[~done].sum(), params)
+                grads[0][:, bos] = 0
+                for p, grad in zip(params, grads):
+                    grad[~active] = 0
+                    p.grad = grad
                 opt.step()
                 with torch.no_grad():
                     e[:, bos] = bos_vectors  # AdamW's weight decay would move BOS too; it stays as encoded
@@ -174,4 +185,13 @@ class Embedding:
             rep.score_after = best_d[r] if best_d[r] < float("inf") else None
             if rep.score_after is not None and rep.score_after > target:
                 rep.notes.append(f"stopped at {rep.iterations} iterations above the target {target:.3g}")
-        return Intervention(cond=best.to(case.cond.dtype), reports=reports)
+        return Intervention(
+            cond=best[0].to(case.cond.dtype),
+            pooled=None if case.pooled is None else best[1].to(case.pooled.dtype),
+            reports=reports,
+        )
+
+    @staticmethod
+    def _pooled(case: Case, params: list[torch.Tensor], rows: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The evaluated rows' pooled text vectors (SDXL), none without."""
+        return () if case.pooled is None else (params[1][rows].to(case.pooled.dtype),)
