@@ -11,7 +11,7 @@
 Each strategy is swept over its main knob with mitigation forced on every image (its trade-off curve); ``auto`` is
 gated by the detector (only flagged images are touched), as in use.
 
-    .venv/bin/python bench/mitigation.py [--seeds 4] [--general 64] [--model DIR]
+    .venv/bin/python bench/mitigation.py [--seeds 4] [--general 64] [--model DIR] [--only STRATEGY ...]
 """
 
 from __future__ import annotations
@@ -57,6 +57,12 @@ def main() -> None:
     ap.add_argument("--general", type=int, default=64)
     ap.add_argument("--steps", type=int, default=STEPS, help="DDIM steps (default 50)")
     ap.add_argument("--auto-only", action="store_true", help="only the unmitigated and the gated auto rows")
+    ap.add_argument(
+        "--only",
+        action="append",
+        choices=["embedding", "attention", "guidance", "guidance static", "auto"],
+        help="only the unmitigated row and these strategies' rows (repeatable)",
+    )
     ap.add_argument("--model", type=Path, default=None, help="a miniature-like model directory (default: the SD1 one)")
     args = ap.parse_args()
     STEPS = args.steps
@@ -96,6 +102,8 @@ def main() -> None:
         ),
     ]
     for name, knob, variants in [] if args.auto_only else sweeps:
+        if args.only and name not in args.only:
+            continue
         for value, strategy in variants:
             rows.append(
                 evaluate(
@@ -113,9 +121,12 @@ def main() -> None:
                     plain_seconds,
                 )
             )
-    rows.append(
-        evaluate(model, "auto (gated)", "-", Auto(), mem, refs, general, seeds, tau, threshold, False, plain_seconds)
-    )
+    if not args.only or "auto" in args.only:
+        rows.append(
+            evaluate(
+                model, "auto (gated)", "-", Auto(), mem, refs, general, seeds, tau, threshold, False, plain_seconds
+            )
+        )
     table(
         ["strategy", "knob", "replication", "fidelity", "general touched", "time ratio", "UNet evals ratio"],
         rows,

@@ -19,7 +19,7 @@ from functools import partial
 
 import torch
 
-from .added import Grouped, RowsEps, join_added, take_added
+from .added import RowsEps, join_added, take_added
 from .detect import Detection, anisotropy, combined_score, judge, unscorable, wen_norm
 from .explain import Explanation, explain, token_gradients
 from .flow import bos_positions, first_step
@@ -189,7 +189,7 @@ def sample(
                     threshold,
                     extra_pass=extra,
                     steps=score_steps,
-                    strategy=Grouped(strategy) if strategy is not None and model.is_xl else strategy,
+                    strategy=strategy,
                     force=force,
                     case=partial(_case, model, guard, first, interrupted=interrupted),
                     apply=partial(_apply, model, guard, first, uncond, uncond_added),
@@ -238,6 +238,7 @@ def _case(model: Model, guard: _Guard, first: tuple, targets: list[int], target:
         interrupted=interrupted,
         model=model.unet,
         checkpoint=model.blocks(),
+        pooled=None if guard.added is None else guard.added["text_embeds"][targets],
     )
 
 
@@ -257,6 +258,10 @@ def _apply(
     x, t, eps_c, eps_u, eps_e, d = first
     guard.cond = guard.cond.clone()
     guard.cond[targets] = intervention.cond.to(guard.cond.dtype)
+    if guard.added is not None and intervention.pooled is not None:
+        pooled = guard.added["text_embeds"].clone()
+        pooled[targets] = intervention.pooled.to(pooled.dtype)
+        guard.added = {**guard.added, "text_embeds": pooled}
     rows = (list(range(len(targets))), [guard.keep[i] for i in targets])
     added, added_u = take_added(guard.added, targets), take_added(uncond_added, targets)
     new_c, new_u = _cfg(

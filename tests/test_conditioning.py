@@ -5,7 +5,16 @@ from __future__ import annotations
 
 import torch
 
-from memguard.hosts.a1111.conditioning import condition, crossattn, prefix, take, with_crossattn, with_rows
+from memguard.hosts.a1111.conditioning import (
+    SIZES,
+    condition,
+    crossattn,
+    pooled_text,
+    prefix,
+    take,
+    with_crossattn,
+    with_rows,
+)
 
 
 def context(n: int = 3, chunks: int = 1, extra: int = 0, channels: int = 4) -> torch.Tensor:
@@ -82,3 +91,20 @@ def test_with_rows_replaces_only_the_given_rows_prompt_positions():
 def test_with_no_rows_the_conditioning_is_handed_back_as_is():
     cond = context()
     assert with_rows(cond, {}) is cond
+
+
+def test_with_rows_replaces_the_pooled_text_of_sdxls_vector_and_keeps_its_sizes():
+    """SDXL's ``vector``: the pooled text (here 3 channels), then the size/crop part (``SIZES``); the given rows'
+    pooled text is replaced, their size part and every other row kept, in the host's dict type."""
+
+    class DictWithShape(dict):
+        pass
+
+    vector = torch.arange(2 * (3 + SIZES), dtype=torch.float32).view(2, 3 + SIZES)
+    cond = DictWithShape(crossattn=context(n=2), vector=vector)
+    assert torch.equal(pooled_text(cond), vector[:, :3]) and pooled_text(context()) is None
+    new = with_rows(cond, {1: torch.zeros(77, 4)}, {1: torch.full((3,), -1.0)})
+    assert type(new) is DictWithShape
+    assert new["vector"][1, :3].tolist() == [-1.0] * 3 and torch.equal(new["vector"][1, 3:], vector[1, 3:])
+    assert torch.equal(new["vector"][0], vector[0]) and torch.equal(new["crossattn"][1], torch.zeros(77, 4))
+    assert torch.equal(cond["vector"], torch.arange(2 * (3 + SIZES), dtype=torch.float32).view(2, 3 + SIZES))

@@ -58,12 +58,12 @@ def test_out_of_memory_in_optimization_generates_unmitigated_warns_and_frees(web
     calls, made = [], []
 
     def out_of_memory_at_the_second_iteration(eps):
-        def call(x, crossattn):
+        def call(x, crossattn, *rest):
             calls.append(1)
             made.append(weakref.ref(crossattn))  # the optimized embedding's rows for this iteration
             if len(calls) == 2:
                 raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (injected)")
-            out = eps(x, crossattn)
+            out = eps(x, crossattn, *rest)
             made.append(weakref.ref(out))
             return out
 
@@ -108,9 +108,9 @@ def test_interrupt_or_skip_stops_the_optimization_within_one_iteration(webui, mo
     k, calls, unet = 3, [], {"after": 0, "job": None}
 
     def raise_flag_at_k(eps):
-        def call(x, crossattn):
+        def call(x, crossattn, *rest):
             calls.append(1)
-            out = eps(x, crossattn)
+            out = eps(x, crossattn, *rest)
             if len(calls) == k:  # the user clicks Interrupt (Skip) while the k-th iteration's UNet pass runs
                 setattr(shared.state, flag, True)
                 unet["job"] = shared.state.job_no

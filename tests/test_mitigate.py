@@ -35,7 +35,7 @@ def _case(model, seeds=(0,), steps=10, target=0.0, interrupted=lambda: False, pr
         eps_empty = model.eps(x, t, model.empty().expand(n, -1, -1))
         scores = (model.eps(x, t, cond) - eps_empty).flatten(1).norm(dim=1).tolist()
     return Case(
-        eps_model=lambda xx, cc: model.eps(xx, t, cc),
+        eps_model=lambda xx, cc, rows=None: model.eps(xx, t, cc),
         x=x,
         cond=cond,
         eps_empty=eps_empty,
@@ -645,7 +645,7 @@ def test_auto_adds_the_attention_edit_when_optimization_stays_above_the_threshol
     from memguard.mitigate import Auto
 
     case = Case(
-        eps_model=lambda x, c: c.flatten(1)[:, None, None, :],
+        eps_model=lambda x, c, rows=None: c.flatten(1)[:, None, None, :],
         x=torch.zeros(1, 1, 1, 1),
         cond=torch.full((1, 77, 4), 1 / (76 * 4) ** 0.5).index_fill_(1, torch.tensor([0]), 0.0),
         eps_empty=torch.zeros(1, 1, 1, 77 * 4),
@@ -659,6 +659,34 @@ def test_auto_adds_the_attention_edit_when_optimization_stays_above_the_threshol
     assert report.strategy == expected
     assert (out.attention is not None) == (not reachable)
     assert any("attention edit added" in n for n in report.notes) == (not reachable)
+
+
+def test_embedding_returns_its_best_iterate_not_its_last():
+    """``d = ||cond||``, one free coordinate from 1.0: AdamW at lr 0.8 overshoots zero (d 1.0, 0.19, 0.61, ...), so
+    the lowest ``d`` is an early iterate; that one comes back, with its ``d`` as ``score_after``."""
+    seen: list[tuple[torch.Tensor, float]] = []
+
+    def eps_model(x, c, rows=None):
+        seen.append((c.detach().clone(), float(c.detach().norm())))
+        return c.flatten(1)[:, None, None, :]
+
+    case = Case(
+        eps_model=eps_model,
+        x=torch.zeros(1, 1, 1, 1),
+        cond=torch.tensor([[[0.0], [1.0]]]),
+        eps_empty=torch.zeros(1, 1, 1, 2),
+        keep=[[0, 1]],
+        bos=[0],
+        target=0.0,
+        scores=[1.0],
+    )
+    out = Embedding(lr=0.8, max_iters=4)(case)
+    d = [value for _, value in seen]
+    best = min(range(len(d)), key=d.__getitem__)
+    assert len(d) == 5 and 0 < best < len(d) - 1 and d[-1] > d[best]  # down, then up
+    assert out.reports[0].score_after == pytest.approx(d[best])
+    assert torch.equal(out.cond, seen[best][0])
+    assert out.reports[0].iterations == 4 and out.reports[0].notes  # still above the target
 
 
 @pytest.mark.parametrize("recompute", ["layers", "nested", "blocks"])

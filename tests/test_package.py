@@ -20,6 +20,7 @@ import memguard
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = ROOT / "memguard" / "miniature" / "model"
+MODEL_XL = ROOT / "memguard" / "miniature" / "model_xl"  # the SDXL-shaped miniature
 # What the WebUI loads from the extension folder, the repository's own tooling, and anything else: not in the wheel.
 NOT_SHIPPED = ("tests/", "bench/", "scripts/", "javascript/", "requirements/", "docs/", "install.py", "style.css")
 
@@ -82,8 +83,9 @@ def test_wheel_holds_the_library_its_data_and_the_command(wheel):
     assert f"\nVersion: {memguard.__version__}\n" in metadata
     assert "\nLicense-Expression: MIT\n" in metadata and f"{info}/licenses/LICENSE" in names
     assert dict(entry_points["console_scripts"]) == {"memguard": "memguard.cli:main"}
-    model_files = {p.relative_to(ROOT).as_posix() for p in MODEL.rglob("*") if p.is_file()}
-    assert len(model_files) > 50 and model_files <= names, sorted(model_files - names)
+    for model, least in ((MODEL, 50), (MODEL_XL, 50)):
+        model_files = {p.relative_to(ROOT).as_posix() for p in model.rglob("*") if p.is_file()}
+        assert len(model_files) > least and model_files <= names, sorted(model_files - names)
     assert {"memguard/data/benign_prompts.txt", "memguard/py.typed", "memguard/cli/__init__.py"} <= names
     assert not [n for n in names if n.startswith(NOT_SHIPPED) or "__pycache__" in n]
     assert {n.split("/")[0] for n in names} == {"memguard", info}

@@ -6,14 +6,16 @@ the shipped SDXL miniature."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 import torch
 from tiny_model import build_tiny_xl_model
 
 from memguard import cli, strategies
-from memguard.added import Grouped, RowsEps, fit_added, join_added
+from memguard.added import RowsEps, fit_added, join_added
 from memguard.mitigate import Embedding
+from memguard.mitigate.base import Case
 from memguard.pipeline import Model, ModelError, explain_prompt, sample, score
 
 PROMPT = "a photo of a cat"
@@ -228,8 +230,9 @@ def test_every_strategy_runs_on_a_forced_image(xl, name):
 
 def test_a_batch_of_prompts_is_mitigated_as_each_prompt_alone(xl):
     """Rows of different prompts carry different pooled vectors: the embedding optimization, which goes on with the
-    rows still above the target only, runs once per prompt (``added.Grouped``) and gives each row what it gives
-    alone. The target lies between the rows' scores, so some rows stop at once and the others go on without them."""
+    rows still above the target only, passes each evaluated row its own (``RowsEps`` with ``rows`` and ``pooled``)
+    and gives each row what it gives alone. The target lies between the rows' scores, so some rows stop at once and
+    the others go on without them."""
     prompts, seeds = [PROMPT, "a red dog on the grass", PROMPT], [0, 0, 1]
     scores = [score(xl, p, [s], steps=4)[0].score for p, s in zip(prompts, seeds)]
     strategy = Embedding(max_iters=3, target=(sorted(scores)[1] + sorted(scores)[2]) / 2)
@@ -241,36 +244,75 @@ def test_a_batch_of_prompts_is_mitigated_as_each_prompt_alone(xl):
         assert gen.mitigation.iterations == alone.mitigation.iterations
 
 
-def test_grouping_splits_rows_by_added_conditioning(xl):
-    seen = []
-
-    class Record:
-        name = "record"
-
-        def __call__(self, case):
-            from memguard.mitigate.base import Intervention, Report
-
-            seen.append((case.x.shape[0], case.eps_model.added["text_embeds"].clone()))
-            return Intervention(case.cond + 1, [Report("record", score_before=s) for s in case.scores])
-
-    toks = [xl.tokenize(p) for p in ("a", "b", "a")]
-    added = xl.added(toks)
-    from memguard.mitigate.base import Case
-
-    case = Case(
-        eps_model=RowsEps(xl, torch.tensor(981), added),
-        x=torch.arange(3.0).view(3, 1, 1, 1),
-        cond=torch.zeros(3, 77, 40),
-        eps_empty=torch.zeros(3, 1, 1, 1),
-        keep=[[0], [1], [2]],
+def _xl_case(xl: Model, prompt: str = PROMPT, seeds=(0,)) -> Case:
+    """The embedding strategy's case for ``prompt`` at the first of 5 steps, as the pipeline builds it."""
+    toks = [xl.tokenize(prompt)] * len(seeds)
+    t, x = xl.scheduler(5).timesteps[0], torch.cat([xl.noise(s) for s in seeds])
+    cond, added = xl.encode(toks), xl.added(toks)
+    with torch.no_grad():
+        eps_empty = xl.eps(x, t, xl.empty().expand(len(seeds), -1, -1), xl.empty_added(len(seeds)))
+        scores = (xl.eps(x, t, cond, added) - eps_empty).flatten(1).norm(dim=1).tolist()
+    return Case(
+        eps_model=RowsEps(xl, t, added),
+        x=x,
+        cond=cond,
+        eps_empty=eps_empty,
+        keep=[list(range(7))] * len(seeds),
         bos=[0],
         target=0.0,
-        scores=[1.0, 2.0, 3.0],
+        scores=scores,
+        model=xl.unet,
+        pooled=added["text_embeds"],
     )
-    out = Grouped(Record())(case)
-    assert [n for n, _ in seen] == [2, 1]
-    assert torch.equal(seen[0][1], added["text_embeds"][[0, 2]])
-    assert [r.score_before for r in out.reports] == [1.0, 2.0, 3.0] and torch.equal(out.cond, case.cond + 1)
+
+
+def test_embedding_optimizes_the_pooled_vector_with_the_context(xl):
+    """SDXL: the pooled text vector is optimized beside the context (the size/crop numbers are not), and from the
+    same start the joint optimization ends lower than the context alone; the score is the returned rows' ``d``."""
+    case = _xl_case(xl)
+    joint = Embedding(max_iters=5)(case)
+    alone = Embedding(max_iters=5)(replace(case, pooled=None))
+    assert alone.pooled is None and joint.pooled.shape == case.pooled.shape
+    assert (joint.pooled - case.pooled).abs().max() > 1e-3
+    assert joint.reports[0].score_after < alone.reports[0].score_after < case.scores[0]
+    with torch.no_grad():
+        d = (case.eps_model(case.x, joint.cond, None, joint.pooled) - case.eps_empty).flatten(1).norm(dim=1)
+    assert joint.reports[0].score_after == pytest.approx(float(d[0]), rel=1e-4)
+
+
+def test_the_pipeline_samples_with_the_optimized_pooled_vector(xl):
+    """The first step evaluated again with the intervention in force (``score_after``) gives the optimization's own
+    ``d``: the pipeline samples with the optimized pooled vector, not only the optimized context."""
+    found = []
+
+    def strategy(case: Case):
+        out = Embedding(max_iters=3)(case)
+        found.extend(r.score_after for r in out.reports)
+        return out
+
+    gens = sample(
+        xl, [PROMPT, "a red dog on the grass"], [0, 0], steps=4, threshold=None, strategy=strategy, force=True
+    )
+    assert [g.mitigation.score_after for g in gens] == pytest.approx(found, rel=1e-4)
+
+
+def test_rows_eps_gives_each_evaluated_row_its_own_added_conditioning(xl):
+    """``RowsEps(x, cond, rows, pooled)``: the rows' own ``time_ids`` and ``text_embeds`` (or ``pooled`` in their
+    place), whichever rows of the case are evaluated; by hand with diffusers' ``added_cond_kwargs``."""
+    toks = [xl.tokenize(p) for p in ("a", "b")]
+    added = xl.added(toks)
+    t, x = torch.tensor(981), torch.cat([xl.noise(0), xl.noise(1)])
+    cond = xl.encode(toks)
+    eps = RowsEps(xl, t, added)
+    with torch.no_grad():
+        second = eps(x[[1]], cond[[1]], [1])
+        assert torch.allclose(second, xl.eps(x[[1]], t, cond[[1]], {k: v[[1]] for k, v in added.items()}))
+        assert not torch.allclose(second, xl.eps(x[[1]], t, cond[[1]], {k: v[[0]] for k, v in added.items()}))
+        pooled = torch.randn(1, added["text_embeds"].shape[1])
+        mine = eps(x[[1]], cond[[1]], [1], pooled)
+        assert torch.allclose(
+            mine, xl.eps(x[[1]], t, cond[[1]], {"text_embeds": pooled, "time_ids": added["time_ids"][[1]]})
+        )
 
 
 # ----------------------------------------------------------------------------------------------- explanation

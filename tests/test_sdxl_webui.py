@@ -30,6 +30,7 @@ from webui_helpers import (
     pixels,
     record_first_step,
     results,
+    scores,
     set_threshold,
     side,
 )
@@ -314,6 +315,58 @@ def test_every_strategy_mitigates_the_flagged_image_only(host, strategy):
     for i, (a, b) in enumerate(zip(pixels(guarded), pixels(plain))):
         assert np.array_equal(a, b) == (i != flagged), i
     assert_nothing_left()
+
+
+def test_a_batch_of_prompts_is_optimized_with_each_images_own_pooled_vector(host, monkeypatch):
+    """Two different prompts in one batch, both mitigated (forced); the threshold lies between their scores, so the
+    first image stops at once and the optimization (steps small enough to last all its iterations) goes on with the
+    second alone, evaluated with its own pooled vector (not the first row's): the ``d`` it reaches is what its prompt
+    gives alone."""
+    from memguard import strategies
+    from memguard.mitigate import Embedding
+
+    reached = []
+
+    def strategy(case):
+        out = Embedding(lr=1e-5, max_iters=4)(case)
+        reached.append([r.score_after for r in out.reports])
+        return out
+
+    monkeypatch.setattr(strategies, "build", lambda name, gradients=True: strategy)
+    prompts, seed = ["a red circle", "a blue square on a green field"], 11
+    s = scores(generate(host, prompt=prompts, batch_size=2, seed=seed))
+    if s[0] > s[1]:
+        prompts, s = prompts[::-1], s[::-1]
+    set_threshold((s[0] + s[1]) / 2)
+    args = {guard_index(): "embedding", guard_index() + 1: True}
+    with gradients_allowed(host.kind):
+        both = results(generate(host, GUARD, args, prompt=prompts, batch_size=2, seed=seed))
+        (alone,) = results(generate(host, GUARD, args, prompt=prompts[1], batch_size=1, seed=seed + 1))
+    assert [r["mitigation"]["iterations"] for r in (*both, alone)] == [0, 4, 4]
+    assert reached[0][1] == pytest.approx(reached[1][0], rel=1e-5)
+    assert both[1]["mitigation"]["score_after"] == pytest.approx(alone["mitigation"]["score_after"], rel=1e-5)
+
+
+def test_the_flagged_image_is_sampled_with_its_optimized_pooled_vector(host, monkeypatch):
+    """The embedding optimization changes the pooled text part of the flagged image's ``vector``; the first step the
+    host evaluates again with the new conditioning in force (``score_after``) gives the optimization's own ``d``."""
+    from memguard import strategies
+    from memguard.mitigate import Embedding
+
+    reached = []
+
+    def strategy(case):
+        out = Embedding(max_iters=3)(case)
+        reached.append((float((out.pooled - case.pooled).abs().max()), out.reports[0].score_after))
+        return out
+
+    monkeypatch.setattr(strategies, "build", lambda name, gradients=True: strategy)
+    _, flagged = flag_one(host)
+    with gradients_allowed(host.kind):
+        guarded = generate(host, GUARD, {guard_index(): "embedding"}, batch_size=4, seed=11)
+    ((moved, d),) = reached
+    assert moved > 1e-3
+    assert results(guarded)[flagged]["mitigation"]["score_after"] == pytest.approx(d, rel=1e-4)
 
 
 def test_embedding_on_forges_inference_weights_falls_back_to_attention(host):

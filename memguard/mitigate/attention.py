@@ -118,4 +118,4 @@ class Attention:
         edit = AttentionEdit(c_bos=self.c_bos, mask_padding=self.mask_padding)
         notes = [f"BOS logit x{self.c_bos:g}" + (", padding masked" if self.mask_padding else "")]
         reports = [Report(self.name, score_before=s, notes=list(notes)) for s in case.scores]
-        return Intervention(cond=case.cond, reports=reports, attention=edit)
+        return Intervention(cond=case.cond, pooled=case.pooled, reports=reports, attention=edit)

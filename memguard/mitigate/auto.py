@@ -28,7 +28,7 @@ class Auto:
     def __call__(self, case: Case) -> Intervention:
         first = self.embedding(case) if self.gradients else self.attention(case)
         if self.gradients and any(still_above(asdict(r), case.target) for r in first.reports):
-            first = merge(first, self.attention(replace(case, cond=first.cond)))
+            first = merge(first, self.attention(replace(case, cond=first.cond, pooled=first.pooled)))
             for report in first.reports:
                 report.notes.append(f"above the threshold {case.target:.3g} after optimizing: attention edit added")
-        return merge(first, self.guidance(replace(case, cond=first.cond)))
+        return merge(first, self.guidance(replace(case, cond=first.cond, pooled=first.pooled)))

@@ -5,6 +5,11 @@ to mitigate it builds a :class:`Case` and hands it to a strategy, which returns 
 conditional rows to sample with from now on, an optional cross-attention edit and an optional guidance schedule for
 those images, and a :class:`Report` per image. The host then re-evaluates the first step for those images with the
 intervention in force and carries on sampling; every other image of the batch is left exactly as it was.
+
+On SDXL the conditioning is the cross-attention context *and* the pooled text vector (``text_embeds``, the first part
+of sgm's ``vector``), which enters every block through the time embedding: a :class:`Case` then carries the rows'
+``pooled`` beside ``cond``, a strategy may change both, and every evaluation passes each row's own (the size/crop
+numbers stay the host's). SD1/SD2 have none (``pooled`` None).
 """
 
 from __future__ import annotations
@@ -18,18 +23,28 @@ import torch
 EpsModel = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
+class RowsModel(Protocol):
+    """A Case's network: ``eps(x, cond, rows, pooled)`` for the case's rows ``rows`` (all, in order, when None), which
+    ``x`` and ``cond`` hold; ``pooled`` (SDXL) their pooled text vectors in place of their own."""
+
+    def __call__(
+        self, x: torch.Tensor, cond: torch.Tensor, rows: Sequence[int] | None = None, pooled: torch.Tensor | None = None
+    ) -> torch.Tensor: ...
+
+
 @dataclass
 class Case:
     """What a strategy may use, for the ``n`` images it must mitigate, at the first step.
 
-    ``eps_model(x, cond)`` returns the network's eps for latents in the sampler's own scaling at this step;
+    ``eps_model(x, cond, rows, pooled)`` returns the network's eps for latents in the sampler's own scaling at this
+    step (:class:`RowsModel`); ``pooled`` the rows' pooled text vectors (SDXL; None without);
     ``eps_empty`` are the empty-prompt predictions on ``x``; ``keep[j]`` lists the sequence positions of row ``j``
     that are prompt tokens, BOS or the first EOS of a chunk (what Ren et al.'s padding mask keeps); ``bos`` the BOS
     positions (``k*77``); ``target`` the score to get below (the calibrated threshold unless set); ``model`` the
     network whose parameters stay frozen, ``checkpoint`` its blocks to recompute in backward passes.
     """
 
-    eps_model: EpsModel
+    eps_model: RowsModel
     x: torch.Tensor
     cond: torch.Tensor
     eps_empty: torch.Tensor
@@ -40,6 +55,7 @@ class Case:
     interrupted: Callable[[], bool] = lambda: False
     model: torch.nn.Module | None = None
     checkpoint: Sequence[torch.nn.Module] = ()
+    pooled: torch.Tensor | None = None
 
 
 @dataclass
@@ -74,10 +90,14 @@ class AttentionEdit:
 
 @dataclass
 class Intervention:
+    """The rows to sample with (``cond``; ``pooled``, SDXL's pooled text vectors, None without), an attention edit, a
+    guidance schedule per image, and a report per image."""
+
     cond: torch.Tensor
     reports: list[Report]
     attention: AttentionEdit | None = None
     guidance: list | None = None  # one GuidanceSchedule per image
+    pooled: torch.Tensor | None = None
 
 
 class Strategy(Protocol):
@@ -110,6 +130,7 @@ def merge(first: Intervention, second: Intervention) -> Intervention:
         )
     return Intervention(
         cond=second.cond,
+        pooled=second.pooled,
         reports=reports,
         attention=second.attention or first.attention,
         guidance=second.guidance or first.guidance,

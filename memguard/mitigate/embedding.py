@@ -5,7 +5,12 @@ position but BOS) at the first step, on the generation's own ``x_T``, with AdamW
 most ``max_iters`` iterations, stopping once ``d`` falls below the target. Wen's released default is a target of 3
 on the *batch* norm of 4 images (about 1.5 per image on SD1.4); memguard stops each image on its own per-image
 ``d``, with the calibrated detection threshold as the default target (an image stops when it would no longer be
-flagged) and ``target_ratio`` to go further below it.
+flagged) and ``target_ratio`` to go further below it. An image that never reaches the target keeps its iterate of
+lowest evaluated ``d`` (a step can overshoot), and reports that ``d``.
+
+On SDXL (a case with ``pooled``) the pooled text vector ``p`` is optimized jointly, ``L(e, p)``: it enters every block
+through the time embedding, so with ``e`` alone it keeps carrying the memorized caption; every evaluation passes each
+row's own ``p`` (``Case.eps_model(x, e, rows, p)``), so the rows still above the target are evaluated on their own.
 
 Only the embedding receives gradients (the model's parameters are frozen for the duration and no parameter gradient
 is ever allocated). Memory is bounded by activation checkpointing (:func:`checkpoint_units`): by default the residual
@@ -138,39 +143,55 @@ class Embedding:
                 stack.enter_context(frozen([case.model]))
             e = case.cond.detach().clone().float().requires_grad_(True)
             bos_vectors = e.detach()[:, case.bos].clone()
-            result = case.cond.detach().clone()
-            opt = torch.optim.AdamW([e], lr=self.lr, weight_decay=self.weight_decay)
+            params = [e]
+            if case.pooled is not None:
+                params.append(case.pooled.detach().clone().float().requires_grad_(True))
+            best = [p.detach().clone() for p in params]  # per row, the iterate of the lowest d evaluated
+            best_d = [float("inf")] * n
+            opt = torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
             active = torch.ones(n, dtype=torch.bool)
             bos = torch.tensor(case.bos, dtype=torch.long)
             for it in range(self.max_iters + 1):
                 rows = active.nonzero().flatten()
                 with torch.set_grad_enabled(it < self.max_iters):  # the last evaluation needs no graph
-                    eps = case.eps_model(case.x[rows], e[rows].to(case.cond.dtype))
+                    eps = case.eps_model(
+                        case.x[rows], e[rows].to(case.cond.dtype), rows.tolist(), *self._pooled(case, params, rows)
+                    )
                 d = (eps.float() - case.eps_empty[rows].float()).flatten(1).norm(dim=1)
-                for j, r in enumerate(rows.tolist()):
+                for r, value in zip(rows.tolist(), d.detach().tolist()):
                     reports[r].unet_forwards += 1
-                    reports[r].score_after = float(d[j].detach())
+                    if value < best_d[r]:
+                        best_d[r] = value
+                        for kept, p in zip(best, params):
+                            kept[r] = p.detach()[r]
                 done = d.detach() <= target
-                for r in rows[done].tolist():
-                    result[r] = e.detach()[r].to(result.dtype)
-                    active[r] = False
+                active[rows[done]] = False
                 if not active.any() or it == self.max_iters or case.interrupted():
                     break
-                (grad,) = torch.autograd.grad(d[~done].sum(), e)
-                grad[:, bos] = 0
-                e.grad = grad
-                e.grad[~active] = 0
+                grads = torch.autograd.grad(d[~done].sum(), params)
+                grads[0][:, bos] = 0
+                for p, grad in zip(params, grads):
+                    grad[~active] = 0
+                    p.grad = grad
                 opt.step()
                 with torch.no_grad():
                     e[:, bos] = bos_vectors  # AdamW's weight decay would move BOS too; it stays as encoded
                 for r in rows[~done].tolist():
                     reports[r].iterations += 1
                     reports[r].unet_backwards += 1
-            for r in active.nonzero().flatten().tolist():
-                result[r] = e.detach()[r].to(result.dtype)
         elapsed = time.perf_counter() - start
-        for rep in reports:
+        for r, rep in enumerate(reports):
             rep.seconds = elapsed / max(n, 1)
+            rep.score_after = best_d[r] if best_d[r] < float("inf") else None
             if rep.score_after is not None and rep.score_after > target:
                 rep.notes.append(f"stopped at {rep.iterations} iterations above the target {target:.3g}")
-        return Intervention(cond=result, reports=reports)
+        return Intervention(
+            cond=best[0].to(case.cond.dtype),
+            pooled=None if case.pooled is None else best[1].to(case.pooled.dtype),
+            reports=reports,
+        )
+
+    @staticmethod
+    def _pooled(case: Case, params: list[torch.Tensor], rows: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The evaluated rows' pooled text vectors (SDXL), none without."""
+        return () if case.pooled is None else (params[1][rows].to(case.pooled.dtype),)

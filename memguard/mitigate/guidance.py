@@ -65,4 +65,4 @@ class Guidance:
             Report(self.name, score_before=s, notes=[f"{what} guidance ({self.mode}, {self.before:g} before)"])
             for s in case.scores
         ]
-        return Intervention(cond=case.cond, reports=reports, guidance=schedules)
+        return Intervention(cond=case.cond, pooled=case.pooled, reports=reports, guidance=schedules)

@@ -1,5 +1,6 @@
 """Conditioning as the hosts hand it over: a tensor (SD1/SD2, ``n x 77k x C``) or SDXL's dict (``crossattn`` +
-``vector``), possibly with rows another extension put before the 77-token chunks."""
+``vector``), possibly with rows another extension put before the 77-token chunks. SDXL's ``vector`` is the pooled text
+vector (CLIP-G's projection, 1280 channels) followed by the size/crop numbers' embeddings (:data:`SIZES`)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,10 @@ from typing import Any
 import torch
 
 from ...tokens import CONTEXT
+
+SIZES = 6 * 256
+"""The size/crop part at the end of SDXL's ``vector``: original size, crop top-left and target size, two numbers each,
+each embedded in 256 channels (sgm's ``ConcatTimestepEmbedderND(256)``, Forge's ``Timestep(256)``)."""
 
 
 def take(cond: Any, index: list[int]) -> Any:
@@ -30,6 +35,19 @@ def crossattn(cond: Any) -> torch.Tensor:
     return context[..., prefix(context) :, :]
 
 
+def pooled_text(cond: Any) -> torch.Tensor | None:
+    """SDXL's pooled text vector: ``vector`` less its size/crop part (:data:`SIZES`); None without one."""
+    if not isinstance(cond, dict) or "vector" not in cond or cond["vector"].shape[-1] <= SIZES:
+        return None
+    return cond["vector"][:, :-SIZES]
+
+
+def with_pooled(cond: Any, tensor: torch.Tensor) -> Any:
+    """SDXL's ``cond`` with the pooled text part of its ``vector`` replaced by ``tensor``, the size/crop part kept."""
+    vector = cond["vector"]
+    return _like(cond, {**cond, "vector": torch.cat([tensor.to(vector.dtype), vector[:, tensor.shape[1] :]], dim=1)})
+
+
 def with_crossattn(cond: Any, tensor: torch.Tensor) -> Any:
     """``cond`` with its prompt context replaced by ``tensor`` (its prefix rows, if any, put back in front); an SDXL
     dict keeps its other entries (``vector``) and its type: the host's ``prompt_parser.DictWithShape``, whose
@@ -40,7 +58,11 @@ def with_crossattn(cond: Any, tensor: torch.Tensor) -> Any:
         tensor = torch.cat([context[: tensor.shape[0], :n].to(tensor.dtype), tensor], dim=-2)
     if not isinstance(cond, dict):
         return tensor
-    replaced = {**cond, "crossattn": tensor}
+    return _like(cond, {**cond, "crossattn": tensor})
+
+
+def _like(cond: dict, replaced: dict) -> dict:
+    """``replaced`` as ``cond``'s dict type (the host's ``DictWithShape``) where that type takes a dict."""
     try:
         return type(cond)(replaced)
     except TypeError:  # a dict type built some other way
@@ -54,11 +76,18 @@ def condition(cond: Any, image_cond: torch.Tensor) -> dict:
     return {"c_crossattn": [cond], "c_concat": [image_cond]}
 
 
-def with_rows(cond: Any, rows: dict[int, torch.Tensor]) -> Any:
-    """``cond`` with the prompt context of the given rows replaced (a new tensor; the host caches its conds)."""
-    if not rows:
-        return cond
-    tensor = crossattn(cond).clone()
-    for r, value in rows.items():
-        tensor[r] = value
-    return with_crossattn(cond, tensor)
+def with_rows(cond: Any, rows: dict[int, torch.Tensor], pooled_rows: dict[int, torch.Tensor] | None = None) -> Any:
+    """``cond`` with the prompt context of the given rows replaced, and SDXL's pooled text vector of ``pooled_rows``
+    (new tensors; the host caches its conds)."""
+    if rows:
+        tensor = crossattn(cond).clone()
+        for r, value in rows.items():
+            tensor[r] = value
+        cond = with_crossattn(cond, tensor)
+    text = pooled_text(cond)
+    if pooled_rows and text is not None:
+        text = text.clone()
+        for r, value in pooled_rows.items():
+            text[r] = value
+        cond = with_pooled(cond, text)
+    return cond

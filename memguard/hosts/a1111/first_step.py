@@ -6,6 +6,7 @@ which feeds it Forge's predictions in A1111's batch layout through its own :clas
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -14,11 +15,11 @@ from ... import strategies
 from ...detect import image_scores, row_scores, size_factor, wen_norm
 from ...explain import explain, significance
 from ...flow import FirstStep, bos_positions, first_step
-from ...mitigate.base import Case, EpsModel, Intervention
+from ...mitigate.base import Case, Intervention, RowsModel
 from ...result import ImageResult
 from ..denoiser import Denoiser
 from . import host
-from .conditioning import crossattn, take, with_crossattn, with_rows
+from .conditioning import crossattn, pooled_text, take, with_crossattn, with_pooled, with_rows
 from .denoiser import CFGDenoiserAdapter
 from .mitigation import install
 from .process import log_failure
@@ -66,16 +67,21 @@ def needs_reference(p: Any, step0: Step0) -> bool:
     return step0.uncond_skipped or any(n.strip() for n in negatives)
 
 
-def eps_model(denoiser: Denoiser, step0: Step0, rows: list[int], base_cond: Any) -> EpsModel:
-    """``eps(x, crossattn)`` at the first step for the given batch rows (gradients allowed), the rest of ``base_cond``
-    (SDXL's pooled vector, an extension's prefix rows) kept."""
-    sigma, image_cond = step0.sigma[rows], step0.image_cond[rows]
-    base = take(base_cond, list(range(len(rows)))) if base_cond is not None else None
+def eps_model(denoiser: Denoiser, step0: Step0, batch_rows: list[int], base_cond: Any) -> RowsModel:
+    """``eps(x, crossattn, rows, pooled)`` at the first step for the given batch rows (gradients allowed), the rest of
+    ``base_cond`` (one row per batch row: SDXL's vector, an extension's prefix rows) kept: ``rows`` says which of them
+    ``x`` holds (the first ``len(x)`` when None), each evaluated with its own; ``pooled`` (SDXL) their pooled text
+    vectors in place of their own, the size/crop part of the vector kept."""
+    sigma, image_cond = step0.sigma[batch_rows], step0.image_cond[batch_rows]
 
-    def eps(x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-        n = x.shape[0]
-        cond = with_crossattn(take(base, list(range(n))), context) if base is not None else context
-        return denoiser.eps(x, sigma[:n], cond, image_cond[:n])
+    def eps(
+        x: torch.Tensor, cond: torch.Tensor, rows: Sequence[int] | None = None, pooled: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        at = list(range(x.shape[0])) if rows is None else list(rows)
+        full = with_crossattn(take(base_cond, at), cond) if base_cond is not None else cond
+        if pooled is not None:
+            full = with_pooled(full, pooled)
+        return denoiser.eps(x, sigma[at], full, image_cond[at])
 
     return eps
 
@@ -195,7 +201,7 @@ def explain_image(
     image_rows = step0.layout.cond_rows[image]
     sub = max(range(len(image_rows)), key=lambda k: sub_scores[k] if k < len(sub_scores) else 0.0)
     row = image_rows[sub][0]
-    cond = take(with_rows(step0.text_cond, run.mitigated_rows), [row])
+    cond = take(with_rows(step0.text_cond, run.mitigated_rows, run.mitigated_pooled), [row])
 
     def model(x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:  # n copies of this image's row
         n = x.shape[0]
@@ -263,7 +269,7 @@ def case_for(
     lay = step0.layout
     rows = rows_of(step0, targets)
     owner = lay.image_of_rows()
-    context = crossattn(step0.text_cond)
+    context, text = crossattn(step0.text_cond), pooled_text(step0.text_cond)
     scores = [float(wen_norm(eps_c[[r]] - ref[[owner[r]]])[0]) for r in rows]
     return Case(
         eps_model=eps_model(model, step0, rows, take(step0.text_cond, rows)),
@@ -276,6 +282,7 @@ def case_for(
         scores=scores,
         interrupted=host.interrupted,
         model=network,
+        pooled=None if text is None else text[rows],
     )
 
 

@@ -10,7 +10,7 @@ import torch
 from ...mitigate.attention import cross_attention_modules, rescaled_attention
 from ...mitigate.base import Case, Intervention
 from . import host
-from .conditioning import crossattn, with_crossattn
+from .conditioning import crossattn, with_rows
 from .process import PROCESS
 from .run import Run
 
@@ -22,6 +22,8 @@ def install(run: Run, rows: list[int], case: Case, intervention: Intervention) -
     for j, r in enumerate(rows):
         run.original_rows[r] = context[r]
         run.mitigated_rows[r] = intervention.cond[j].to(context.dtype)
+        if intervention.pooled is not None:
+            run.mitigated_pooled[r] = intervention.pooled[j]
     lay = step0.layout
     if intervention.attention is not None:
         PROCESS.hook_stack().enter_context(
@@ -41,15 +43,20 @@ def install(run: Run, rows: list[int], case: Case, intervention: Intervention) -
 
 
 def substitute(run: Run, params: Any) -> None:
-    """Replace the mitigated rows of ``text_cond`` in a new tensor, while the host still schedules the step-0 cond."""
+    """Replace the mitigated rows of ``text_cond`` (their context, and on SDXL their pooled text vector) in new
+    tensors, while the host still schedules the step-0 cond."""
     context = crossattn(params.text_cond)
-    new = None
-    for r, original in run.original_rows.items():
-        if r < context.shape[0] and context[r].shape == original.shape and torch.equal(context[r], original):
-            new = context.clone() if new is None else new
-            new[r] = run.mitigated_rows[r]
-    if new is not None:
-        params.text_cond = with_crossattn(params.text_cond, new)
+    rows = [
+        r
+        for r, original in run.original_rows.items()
+        if r < context.shape[0] and context[r].shape == original.shape and torch.equal(context[r], original)
+    ]
+    if rows:
+        params.text_cond = with_rows(
+            params.text_cond,
+            {r: run.mitigated_rows[r] for r in rows},
+            {r: run.mitigated_pooled[r] for r in rows if r in run.mitigated_pooled},
+        )
 
 
 def apply_guidance(run: Run, denoiser: Any, params: Any) -> None:

@@ -61,6 +61,7 @@ class Run:
     step0: Step0 | None = None
     original_rows: dict[int, torch.Tensor] = field(default_factory=dict)
     mitigated_rows: dict[int, torch.Tensor] = field(default_factory=dict)
+    mitigated_pooled: dict[int, torch.Tensor] = field(default_factory=dict)  # SDXL: the rows' pooled text vectors
     guidance: dict[int, Any] = field(default_factory=dict)
     x_out: torch.Tensor | None = None
     sigma: torch.Tensor | None = None
@@ -73,12 +74,12 @@ class Run:
     def reset_batch(self) -> None:
         PROCESS.release_hooks()
         self.step0, self.x_out, self.reference = None, None, None
-        self.original_rows, self.mitigated_rows, self.guidance = {}, {}, {}
+        self.original_rows, self.mitigated_rows, self.mitigated_pooled, self.guidance = {}, {}, {}, {}
 
     def abandon_mitigation(self) -> None:
         """Stop intervening in this batch: conditioning rows, attention hooks and guidance schedules dropped."""
         PROCESS.release_hooks()
-        self.original_rows, self.mitigated_rows, self.guidance = {}, {}, {}
+        self.original_rows, self.mitigated_rows, self.mitigated_pooled, self.guidance = {}, {}, {}, {}
 
     def close(self) -> None:
         self.reset_batch()

@@ -17,7 +17,7 @@ from ...algebra import BatchLayout, eps_from_x0
 from ...detect import size_factor, wen_norm
 from ...mitigate.base import Case, Intervention
 from ..a1111 import first_step as shared
-from ..a1111.conditioning import crossattn, take, with_rows
+from ..a1111.conditioning import crossattn, pooled_text, take, with_rows
 from ..a1111.host import native_latent
 from ..a1111.process import log_failure
 from ..a1111.run import ATTR, Run, Step0
@@ -178,7 +178,7 @@ class Pass(AttentionPatch):
         c, u, sigma = args["cond_denoised"], args["uncond_denoised"], args["sigma"]
         recompute = intervention.attention is not None or any(r in run.mitigated_rows for r in rows)
         if recompute:
-            cond = take(with_rows(step0.text_cond, run.mitigated_rows), rows)
+            cond = take(with_rows(step0.text_cond, run.mitigated_rows, run.mitigated_pooled), rows)
             x0 = self.model(images).x0(step0.x[rows], step0.sigma[rows], cond, step0.image_cond[rows])
             after = wen_norm(eps_from_x0(step0.x[rows], x0, step0.sigma[rows]) - ref[images])
         else:
@@ -201,9 +201,14 @@ class Pass(AttentionPatch):
     def install(self, rows: list[int], owner: list[int], case: Case, intervention: Intervention) -> None:
         run = self.run
         context = crossattn(run.at_step0().text_cond)
+        text = pooled_text(run.at_step0().text_cond)
         for j, r in enumerate(rows):
             new = intervention.cond[j].to(context.dtype)
-            if not torch.equal(new, context[r]):
+            if intervention.pooled is not None and text is not None:
+                new_text = intervention.pooled[j].to(text.dtype)
+                if not torch.equal(new_text, text[r]):
+                    run.mitigated_pooled[r] = new_text
+            if not torch.equal(new, context[r]) or r in run.mitigated_pooled:
                 run.original_rows[r], run.mitigated_rows[r] = context[r], new
             if intervention.guidance:
                 run.guidance.setdefault(owner[r], intervention.guidance[j])
