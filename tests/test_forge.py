@@ -13,6 +13,7 @@ import pytest
 import torch
 from webui_helpers import (
     GUARD,
+    assert_embedding_recomputes_layers,
     assert_scoring_failure_contained,
     flag_one,
     generate,
@@ -231,6 +232,15 @@ def test_attention_edit_equals_the_a1111_hooks_on_the_bare_network(host):
             edited = unet(x, t, encoder_hidden_states=cond).sample
         d = float((edited - unet(x, t, encoder_hidden_states=empty).sample).norm())
     assert results(out)[0]["mitigation"]["score_after"] == pytest.approx(d, rel=1e-4)
+
+
+def test_forced_embedding_recomputes_the_unets_layers(host, monkeypatch):
+    """Forge's ``IntegratedUNet2DConditionModel`` (``KModel.diffusion_model``): its top-level blocks hold the layers."""
+    from modules import shared
+
+    make_weights_ordinary()
+    network = shared.sd_model.forge_objects.unet.model.diffusion_model
+    assert_embedding_recomputes_layers(host, monkeypatch, network)
 
 
 @needs_text_model

@@ -683,3 +683,29 @@ def test_checkpoint_units(tiny):
     assert checkpoint_units(blocks, "blocks") == blocks and checkpoint_units(blocks, "none") == []
     with pytest.raises(ValueError):
         checkpoint_units(blocks, "everything")
+
+
+def test_unet_blocks_by_layout(tiny):
+    """ldm's top-level blocks where a UNet has them (the WebUIs), else diffusers' (the command line), else none."""
+    from memguard.mitigate.embedding import checkpoint_units, unet_blocks
+
+    unet = tiny.unet
+    assert unet_blocks(unet) == [*unet.down_blocks, unet.mid_block, *unet.up_blocks]
+
+    class Ldm(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.input_blocks = torch.nn.ModuleList([torch.nn.Sequential(unet.conv_in), unet.down_blocks[0]])
+            self.middle_block = torch.nn.Sequential(unet.mid_block)
+            self.output_blocks = torch.nn.ModuleList(unet.up_blocks)
+
+    ldm = Ldm()
+    assert unet_blocks(ldm) == [*ldm.input_blocks, ldm.middle_block, *ldm.output_blocks]
+    del ldm.middle_block
+    assert unet_blocks(ldm) == []
+    ldm.middle_block = torch.nn.Sequential(unet.mid_block)
+    del ldm.output_blocks
+    ldm.output_blocks = [unet.up_blocks[0]]  # not a module list: a structure not known
+    assert unet_blocks(ldm) == []
+    assert unet_blocks(torch.nn.Linear(2, 2)) == [] == unet_blocks(None)
+    assert checkpoint_units(unet_blocks(None)) == []
