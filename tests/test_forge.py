@@ -442,6 +442,20 @@ def test_extensions_that_clone_the_patcher_work_beside_memguard(freeu_host, hire
         assert np.array_equal(a, b) and not np.array_equal(a, c)
 
 
+def test_forced_embedding_recomputes_the_layers_with_another_extensions_patch_inside(model_dir, monkeypatch):
+    """The FreeU-like patch runs inside the spatial transformers, which the backward pass recomputes: it runs again
+    there, and the mitigation is the one that stores every activation."""
+    host = boot_with_freeu(model_dir, "freeu first")
+    try:
+        from modules import shared
+
+        make_weights_ordinary()
+        network = shared.sd_model.forge_objects.unet.model.diffusion_model
+        assert_embedding_recomputes_layers(host, monkeypatch, network, {host.freeu_arg: True})
+    finally:
+        fakeforge.uninstall()
+
+
 def test_score_and_mitigation_see_the_other_extensions_patch(model_dir):
     """memguard's own passes (the empty-prompt reference with a negative prompt; the attention edit at later steps)
     go through the patcher Forge samples with, whichever order the scripts run in: same scores, same mitigated
