@@ -196,6 +196,13 @@ def median(values: list[float]) -> float:
     return statistics.median(values)
 
 
+def median_spread(values: list[float], fmt: str) -> str:
+    """``median (min-max)`` of ``values``, each formatted with ``fmt``; just the value when there is one."""
+    if len(values) == 1:
+        return fmt.format(values[0])
+    return f"{fmt.format(median(values))} ({fmt.format(min(values))}-{fmt.format(max(values))})"
+
+
 def _status_kib(field: str) -> int:
     import re
 

@@ -23,7 +23,18 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import FIXED_MMAP, Load, in_subprocess, interleave, median, peak_memory, print_progress, ratio, table
+from common import (
+    FIXED_MMAP,
+    Load,
+    in_subprocess,
+    interleave,
+    median,
+    median_spread,
+    peak_memory,
+    print_progress,
+    ratio,
+    table,
+)
 
 from memguard.miniature.train import DDIM_CONFIG
 from memguard.mitigate import Attention, Embedding, Guidance
@@ -190,7 +201,7 @@ def memory_table(args) -> None:
                 results[alloc, mode, r]["peak_kib"] / results[alloc, "plain", r]["peak_kib"]
                 for r in range(args.memory_repeats)
             ]
-            cells += [_spread(above, "{:.0f}"), _spread(vs, "{:.2f}x"), _spread(whole, "{:.3f}x")]
+            cells += [median_spread(above, "{:.0f}"), median_spread(vs, "{:.2f}x"), median_spread(whole, "{:.3f}x")]
         rows.append(cells)
     base = median([results[k]["base_kib"] for k in results if k[1] == "plain"]) / 2**20
     side = 8 * args.memory_latent
@@ -206,12 +217,6 @@ def memory_table(args) -> None:
         "it comes (freed blocks stay in a fragmented heap)",
     )
     print(load.line())
-
-
-def _spread(values: list[float], fmt: str) -> str:
-    if len(values) == 1:
-        return fmt.format(values[0])
-    return f"{fmt.format(median(values))} ({fmt.format(min(values))}-{fmt.format(max(values))})"
 
 
 def main() -> None:

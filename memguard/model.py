@@ -21,6 +21,7 @@ from diffusers' ``StableDiffusionXLPipeline.encode_prompt`` and A1111's ``sd_hij
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 from collections.abc import Sequence
@@ -33,6 +34,7 @@ import torch
 
 from .added import Added, fit_added
 from .algebra import eps_from_v
+from .mitigate.embedding import unet_blocks
 from .tokens import Tokenized, load_tokenizer, tokenize
 
 CALIBRATION_FILE = "memguard_calibration.json"
@@ -105,6 +107,8 @@ class Model:
     _empty: torch.Tensor | None = None
     _hash: str | None = None
     _pooled: dict = field(default_factory=dict)
+    _training_schedule: Any = None  # a DDIMScheduler of ``_schedule_of``, a copy of the configuration it was built from
+    _schedule_of: dict | None = None
 
     @classmethod
     def load(cls, path: Path | str, device: str = "cpu", dtype: torch.dtype = torch.float32) -> Model:
@@ -270,12 +274,18 @@ class Model:
         scheduler.set_timesteps(steps, device=self.device)
         return scheduler
 
-    def abar(self, t: int) -> torch.Tensor:
-        from diffusers import DDIMScheduler
+    def training_schedule(self) -> Any:
+        """A ``DDIMScheduler`` of ``scheduler_config`` for what does not depend on the sampling steps
+        (``alphas_cumprod``, ``init_noise_sigma``): built once, and again only after the configuration changed."""
+        if self._schedule_of != self.scheduler_config:
+            from diffusers import DDIMScheduler
 
-        if not hasattr(self, "_abar"):
-            self._abar = DDIMScheduler.from_config(self.scheduler_config).alphas_cumprod.to(self.device)
-        return self._abar[int(t)]
+            self._training_schedule = DDIMScheduler.from_config(self.scheduler_config)
+            self._schedule_of = copy.deepcopy(self.scheduler_config)
+        return self._training_schedule
+
+    def abar(self, t: int) -> torch.Tensor:
+        return self.training_schedule().alphas_cumprod[int(t)].to(self.device)
 
     def eps(self, x: torch.Tensor, t: int | torch.Tensor, cond: torch.Tensor, added: Added = None) -> torch.Tensor:
         """The network's prediction at timestep ``t`` converted to ``eps`` (eps-, v- and sample-parameterized);
@@ -299,13 +309,13 @@ class Model:
 
     def blocks(self) -> list[torch.nn.Module]:
         """The UNet's top-level blocks, recomputed in backward passes to bound memory."""
-        unet = self.unet
-        return [*unet.down_blocks, unet.mid_block, *unet.up_blocks]
+        return unet_blocks(self.unet)
 
     def noise(self, seed: int) -> torch.Tensor:
+        """``x_T`` of ``seed``: ``randn`` from a CPU generator times the schedule's ``init_noise_sigma``."""
         gen = torch.Generator("cpu").manual_seed(int(seed))
         x = torch.randn((1, *self.latent_shape), generator=gen, dtype=torch.float32)
-        return (x * self.scheduler(1).init_noise_sigma).to(self.device)
+        return (x * self.training_schedule().init_noise_sigma).to(self.device)
 
     @torch.no_grad()
     def decode(self, x0: torch.Tensor) -> torch.Tensor:

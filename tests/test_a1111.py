@@ -12,6 +12,7 @@ import pytest
 import torch
 from webui_helpers import (
     GUARD,
+    assert_embedding_recomputes_layers,
     assert_scoring_failure_contained,
     data,
     flag_one,
@@ -194,6 +195,13 @@ def test_guard_mitigates_only_the_flagged_image(host):
     for i, (a, b) in enumerate(zip(pixels(guarded), pixels(plain))):
         assert np.array_equal(a, b) == (i != flagged)
     assert "Memguard strategy: embedding" in guarded.infotexts[flagged]
+
+
+def test_forced_embedding_recomputes_the_unets_layers(host, monkeypatch):
+    """ldm's ``UNetModel`` (the double's ``modules.sd_models.UNetModel``): its top-level blocks hold the layers."""
+    from modules import shared
+
+    assert_embedding_recomputes_layers(host, monkeypatch, shared.sd_model.model.diffusion_model)
 
 
 def test_attention_edit_applies_to_the_flagged_images_conditional_row_only(host):

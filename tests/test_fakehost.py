@@ -834,6 +834,28 @@ def test_model_object_like_ldm(fresh, model_dir):
     assert out.shape == x.shape
 
 
+def test_unet_has_ldms_top_level_blocks(fresh, model_dir):
+    """``model.diffusion_model`` is ldm's ``UNetModel`` to extensions: ``input_blocks`` (the input convolution, a block
+    per residual block of each level, a downsampler after every level but the last), ``middle_block``,
+    ``output_blocks`` (one more residual block per level than the input side), holding every residual block, spatial
+    transformer and resampler of the network exactly once."""
+    from memguard.mitigate.embedding import LAYERS, checkpoint_units
+
+    boot(model_dir)
+    from modules import shared
+
+    unet = shared.sd_model.model.diffusion_model
+    levels, per = len(unet.config.block_out_channels), unet.config.layers_per_block
+    assert type(unet).__name__ == "UNetModel"
+    assert len(unet.input_blocks) == 1 + levels * per + levels - 1 and len(unet.output_blocks) == levels * (per + 1)
+    assert unet.input_blocks[0][0] is unet.conv_in
+    blocks = [*unet.input_blocks[1:], unet.middle_block, *unet.output_blocks]
+    layers = checkpoint_units(blocks, "layers")
+    assert all(m in layers for block in blocks for m in block)  # nothing but layers in the blocks
+    every = [m for m in unet.modules() if type(m).__name__ in LAYERS]
+    assert sorted(map(id, layers)) == sorted(map(id, every))
+
+
 def test_unknown_host_sampler_is_refused(fresh, model_dir):
     host = boot(model_dir)
     with pytest.raises(NotImplementedError):

@@ -13,6 +13,7 @@ import pytest
 import torch
 from webui_helpers import (
     GUARD,
+    assert_embedding_recomputes_layers,
     assert_scoring_failure_contained,
     flag_one,
     generate,
@@ -228,6 +229,15 @@ def test_attention_edit_equals_the_a1111_hooks_on_the_bare_network(host):
     assert results(out)[0]["mitigation"]["score_after"] == pytest.approx(d, rel=1e-4)
 
 
+def test_forced_embedding_recomputes_the_unets_layers(host, monkeypatch):
+    """Forge's ``IntegratedUNet2DConditionModel`` (``KModel.diffusion_model``): its top-level blocks hold the layers."""
+    from modules import shared
+
+    make_weights_ordinary()
+    network = shared.sd_model.forge_objects.unet.model.diffusion_model
+    assert_embedding_recomputes_layers(host, monkeypatch, network)
+
+
 @needs_text_model
 def test_embedding_falls_back_to_attention_when_forge_weights_are_inference_tensors(host):
     """Forge builds its weights inside inference mode (the double too); backward through them raises."""
@@ -425,6 +435,20 @@ def test_extensions_that_clone_the_patcher_work_beside_memguard(freeu_host, hire
     without_freeu = generate(freeu_host, **fields)
     for a, b, c in zip(pixels(out), pixels(unwatched), pixels(without_freeu)):
         assert np.array_equal(a, b) and not np.array_equal(a, c)
+
+
+def test_forced_embedding_recomputes_the_layers_with_another_extensions_patch_inside(model_dir, monkeypatch):
+    """The FreeU-like patch runs inside the spatial transformers, which the backward pass recomputes: it runs again
+    there, and the mitigation is the one that stores every activation."""
+    host = boot_with_freeu(model_dir, "freeu first")
+    try:
+        from modules import shared
+
+        make_weights_ordinary()
+        network = shared.sd_model.forge_objects.unet.model.diffusion_model
+        assert_embedding_recomputes_layers(host, monkeypatch, network, {host.freeu_arg: True})
+    finally:
+        fakeforge.uninstall()
 
 
 def test_score_and_mitigation_see_the_other_extensions_patch(model_dir):

@@ -711,3 +711,53 @@ def test_checkpoint_units(tiny):
     assert checkpoint_units(blocks, "blocks") == blocks and checkpoint_units(blocks, "none") == []
     with pytest.raises(ValueError):
         checkpoint_units(blocks, "everything")
+
+
+def test_unet_blocks_by_layout(tiny):
+    """ldm's top-level blocks where a UNet has them (the WebUIs), else diffusers' (the command line), else none; in
+    ldm's blocks the layers are found by ldm's class names (``openaimodel``: ``ResBlock``, ``SpatialTransformer``,
+    ``Downsample``, ``Upsample`` in ``TimestepEmbedSequential`` containers; the input convolution is kept whole)."""
+    from memguard.mitigate.embedding import checkpoint_units, unet_blocks
+
+    unet = tiny.unet
+    assert unet_blocks(unet) == [*unet.down_blocks, unet.mid_block, *unet.up_blocks]
+
+    def layer(name: str) -> torch.nn.Module:
+        return type(name, (torch.nn.Identity,), {})()
+
+    class TimestepEmbedSequential(torch.nn.Sequential):
+        pass
+
+    class UNetModel(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.input_blocks = torch.nn.ModuleList(
+                [
+                    TimestepEmbedSequential(torch.nn.Conv2d(4, 4, 3)),
+                    TimestepEmbedSequential(layer("ResBlock"), layer("SpatialTransformer")),
+                    TimestepEmbedSequential(layer("Downsample")),
+                ]
+            )
+            self.middle_block = TimestepEmbedSequential(layer("ResBlock"), layer("SpatialTransformer"))
+            self.output_blocks = torch.nn.ModuleList(
+                [TimestepEmbedSequential(layer("ResBlock"), layer("SpatialTransformer"), layer("Upsample"))]
+            )
+            self.down_blocks = torch.nn.ModuleList()  # ldm's names are looked up first
+
+    ldm = UNetModel()
+    blocks = unet_blocks(ldm)
+    assert blocks == [*ldm.input_blocks, ldm.middle_block, *ldm.output_blocks]
+    units = checkpoint_units(blocks, "layers")
+    assert units[0] is ldm.input_blocks[0]
+    assert [type(m).__name__ for m in units[1:]] == [
+        "ResBlock", "SpatialTransformer", "Downsample", "ResBlock", "SpatialTransformer",
+        "ResBlock", "SpatialTransformer", "Upsample",
+    ]  # fmt: skip
+    del ldm.middle_block
+    assert unet_blocks(ldm) == []
+    ldm.middle_block = TimestepEmbedSequential(layer("ResBlock"))
+    del ldm.output_blocks
+    ldm.output_blocks = [layer("ResBlock")]  # not a module list: a structure not known
+    assert unet_blocks(ldm) == []
+    assert unet_blocks(torch.nn.Linear(2, 2)) == [] == unet_blocks(None)
+    assert checkpoint_units(unet_blocks(None)) == []

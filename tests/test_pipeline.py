@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 
@@ -196,6 +197,37 @@ def test_model_abar_matches_schedule(tiny):
     abar_all = _alphas_cumprod()
     for t in (0, 1, 500, 999):
         assert float(tiny.abar(t)) == pytest.approx(float(abar_all[t]), rel=1e-5)
+
+
+def test_noise_is_the_schedules_scale_times_randn(tiny):
+    """``x_T`` bit for bit as a new scheduler per seed gave it: ``init_noise_sigma * randn`` of the seed's generator."""
+    sigma = DDIMScheduler.from_config({**tiny.scheduler_config, "prediction_type": "epsilon"}).init_noise_sigma
+    for seed in (0, 1, 7, 12345, 2**31 - 1):
+        gen = torch.Generator("cpu").manual_seed(seed)
+        assert torch.equal(tiny.noise(seed), torch.randn((1, *tiny.latent_shape), generator=gen) * sigma)
+
+
+def test_schedule_is_built_once_until_its_configuration_changes(tiny_dir, monkeypatch):
+    model = Model.load(tiny_dir)
+    built = []
+    construct = DDIMScheduler.__init__
+
+    @functools.wraps(construct)  # keeps the signature diffusers' ``from_config`` reads
+    def counted(self, *args, **kwargs):
+        built.append(1)
+        construct(self, *args, **kwargs)
+
+    monkeypatch.setattr(DDIMScheduler, "__init__", counted)
+    noise = [model.noise(seed) for seed in range(6)]
+    abar = float(model.abar(999))
+    assert len(built) == 1
+    model.scheduler_config["beta_end"] = 0.02  # changed in place: the schedule is rebuilt from the new one
+    assert float(model.abar(999)) < abar
+    assert len(built) == 2
+    model.scheduler_config = {**model.scheduler_config, "beta_end": 0.012}  # replaced: back to the first schedule
+    assert float(model.abar(999)) == pytest.approx(abar)
+    assert torch.equal(torch.cat([model.noise(seed) for seed in range(6)]), torch.cat(noise))
+    assert len(built) == 3
 
 
 def test_empty_embedding_is_encoded_empty_prompt(tiny):

@@ -108,3 +108,41 @@ def assert_scoring_failure_contained(host, monkeypatch) -> None:
     assert "memguard could not score this generation: scoring: RuntimeError: injected" in out.comments
     for a, b in zip(pixels(out), pixels(plain)):
         assert np.array_equal(a, b)
+
+
+def assert_embedding_recomputes_layers(host, monkeypatch, network, script_args=None) -> None:
+    """A forced embedding mitigation (batch of 2; other scripts' ``script_args`` added) inside the host recomputes
+    every residual block, spatial transformer and resampler of ``network`` (the host's UNet) in its backward passes,
+    found in the UNet's top-level blocks, and gives the conditioning the same optimization gives with every activation
+    stored (no blocks handed over)."""
+    import torch
+
+    from memguard.hosts.a1111 import first_step
+    from memguard.mitigate import embedding
+
+    recomputed, optimized = [], []
+    checkpoint, optimize = embedding.checkpoint, embedding.Embedding.__call__
+
+    def counted(forward, *args, **kwargs):
+        recomputed.append(getattr(forward, "__self__", None))
+        return checkpoint(forward, *args, **kwargs)
+
+    def kept(self, case):
+        out = optimize(self, case)
+        optimized.append(out)
+        return out
+
+    monkeypatch.setattr(embedding, "checkpoint", counted)
+    monkeypatch.setattr(embedding.Embedding, "__call__", kept)
+    set_threshold(1e-6)
+    args = {guard_index(): "embedding", **(script_args or {})}
+    generate(host, GUARD, args, batch_size=2)
+    layers = [m for m in network.modules() if type(m).__name__ in embedding.LAYERS]
+    assert layers and {id(m) for m in recomputed} == {id(m) for m in layers}
+    calls = len(recomputed)
+    monkeypatch.setattr(first_step, "unet_blocks", lambda network: [])
+    generate(host, GUARD, args, batch_size=2)
+    assert len(recomputed) == calls  # nothing recomputed without the blocks
+    with_units, stored = optimized
+    assert [r.iterations for r in with_units.reports] == [r.iterations for r in stored.reports] != [0, 0]
+    assert torch.allclose(with_units.cond, stored.cond, rtol=1e-5, atol=1e-6)

@@ -72,6 +72,21 @@ LAYERS = {
 }
 
 
+# The attributes holding a UNet's top-level blocks (down, middle, up), by layout: ldm/sgm's ``UNetModel`` (A1111),
+# Forge's ``IntegratedUNet2DConditionModel`` and reForge's ``ldm_patched`` one; diffusers' ``UNet2DConditionModel``.
+BLOCKS = (("input_blocks", "middle_block", "output_blocks"), ("down_blocks", "mid_block", "up_blocks"))
+
+
+def unet_blocks(network: object) -> list[torch.nn.Module]:
+    """The UNet's top-level blocks in order, probed by attribute (:data:`BLOCKS`); ``[]`` for a layout not known."""
+    for names in BLOCKS:
+        down, middle, up = (getattr(network, name, None) for name in names)
+        sequence = torch.nn.ModuleList | torch.nn.Sequential
+        if isinstance(down, sequence) and isinstance(middle, torch.nn.Module) and isinstance(up, sequence):
+            return [*down, middle, *up]
+    return []
+
+
 def checkpoint_units(modules: Sequence[torch.nn.Module], recompute: str = "layers") -> list[torch.nn.Module]:
     """The modules whose activations the backward pass recomputes instead of storing.
 

@@ -16,6 +16,7 @@ from ...detect import image_scores, row_scores, size_factor, wen_norm
 from ...explain import explain, significance
 from ...flow import FirstStep, bos_positions, first_step
 from ...mitigate.base import Case, Intervention, RowsModel
+from ...mitigate.embedding import unet_blocks
 from ...result import ImageResult
 from ..denoiser import Denoiser
 from . import host
@@ -264,7 +265,8 @@ def case_for(
 ) -> Case:
     """The strategy's :class:`~memguard.mitigate.base.Case` for the target images' cond rows (A1111 and Forge):
     ``target`` the score to get below (native-size units), ``eps_c`` the cond rows' first-step eps, ``ref`` the empty
-    prompt's per image, ``network`` the UNet to freeze."""
+    prompt's per image, ``network`` the UNet to freeze, whose top-level blocks (ldm's ``input_blocks``,
+    ``middle_block``, ``output_blocks`` on both WebUIs) hold the layers recomputed in backward passes."""
     step0 = run.at_step0()
     lay = step0.layout
     rows = rows_of(step0, targets)
@@ -283,6 +285,7 @@ def case_for(
         interrupted=host.interrupted,
         model=network,
         pooled=None if text is None else text[rows],
+        checkpoint=unet_blocks(network),
     )
 
 

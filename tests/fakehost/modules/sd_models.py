@@ -15,7 +15,8 @@ The model is a diffusers directory loaded with ``memguard.pipeline.Model.load`` 
   ``""`` computed after the ``on_model_loaded`` callbacks, as in the host.
 * ``model.diffusion_model`` is the diffusers ``UNet2DConditionModel``, so ``attn2`` / ``to_k`` modules exist, but
   with diffusers names (``down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k``) instead of ldm's
-  (``input_blocks.1.1.transformer_blocks.0.attn2.to_k``).
+  (``input_blocks.1.1.transformer_blocks.0.attn2.to_k``). Its class is :class:`UNetModel`, which adds ldm's
+  top-level blocks as views of the same layers (:func:`ldm_blocks`).
 * ``sd_model_hash`` / ``sd_checkpoint_info.shorthash`` = ``Model.model_hash`` (10 hex digits).
 * the model kind is probed from the directory (:func:`model_class`): SDXL (``sd_models_xl.DiffusionEngine``, a second
   text encoder), SD2 (:class:`OpenCLIPLatentDiffusion`, an OpenCLIP-H-wide text encoder), else SD1.
@@ -34,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from diffusers import UNet2DConditionModel
 from modules import devices, script_callbacks, sd_hijack, shared
 from modules.sd_hijack_clip import FrozenCLIPEmbedder, FrozenCLIPEmbedderWithCustomWords
 
@@ -54,13 +56,67 @@ class CheckpointInfo:
     is_safetensors: bool = True
 
 
+class TimestepEmbedSequential(torch.nn.Sequential):
+    """ldm's container of one top-level block's layers (``openaimodel.TimestepEmbedSequential``); here a view: the
+    diffusers UNet's own forward runs the layers."""
+
+
+def ldm_blocks(unet: Any) -> tuple[torch.nn.ModuleList, TimestepEmbedSequential, torch.nn.ModuleList]:
+    """A diffusers UNet's layers grouped as ldm's ``input_blocks``, ``middle_block`` and ``output_blocks``, as
+    ``openaimodel.UNetModel.__init__`` builds them (sgm's for SDXL, and Forge's ``backend/nn/unet.py:
+    IntegratedUNet2DConditionModel``, alike): the input convolution; per level a residual block with its spatial
+    transformer (if the level has one) per layer, then the downsampler; the middle's residual blocks with its
+    transformers between them; per output level a residual block with its transformer per layer, the last one with
+    the upsampler. ``conv_in``, ``ResnetBlock2D``, ``Transformer2DModel``, ``Downsample2D``, ``Upsample2D`` stand in
+    for ldm's ``conv_nd``, ``ResBlock``, ``SpatialTransformer``, ``Downsample``, ``Upsample``."""
+
+    def paired(block: Any, extra: Any = None) -> list[TimestepEmbedSequential]:
+        attentions = list(getattr(block, "attentions", None) or [])
+        last = len(block.resnets) - 1
+        return [
+            TimestepEmbedSequential(resnet, *attentions[k : k + 1], *(list(extra or []) if k == last else []))
+            for k, resnet in enumerate(block.resnets)
+        ]
+
+    inputs = [TimestepEmbedSequential(unet.conv_in)]
+    for down in unet.down_blocks:
+        inputs += paired(down) + [TimestepEmbedSequential(d) for d in down.downsamplers or []]
+    mid = unet.mid_block
+    middle = [mid.resnets[0]] + [m for pair in zip(mid.attentions, mid.resnets[1:]) for m in pair]
+    outputs = [block for up in unet.up_blocks for block in paired(up, up.upsamplers)]
+    return torch.nn.ModuleList(inputs), TimestepEmbedSequential(*middle), torch.nn.ModuleList(outputs)
+
+
+class UNetModel(UNet2DConditionModel):
+    """ldm's ``openaimodel.UNetModel`` as extensions reach it (``shared.sd_model.model.diffusion_model``; sgm's for
+    SDXL): the diffusers UNet, with ldm's top-level blocks as views of its layers (:func:`ldm_blocks`)."""
+
+    @property
+    def input_blocks(self) -> torch.nn.ModuleList:
+        return ldm_blocks(self)[0]
+
+    @property
+    def middle_block(self) -> TimestepEmbedSequential:
+        return ldm_blocks(self)[1]
+
+    @property
+    def output_blocks(self) -> torch.nn.ModuleList:
+        return ldm_blocks(self)[2]
+
+
+def as_ldm_unet(unet: torch.nn.Module) -> torch.nn.Module:
+    """The loaded diffusers UNet as :class:`UNetModel` (the same object, its class made ldm's)."""
+    unet.__class__ = UNetModel
+    return unet
+
+
 class DiffusionWrapper(torch.nn.Module):
     """ldm's ``DiffusionWrapper`` for ``conditioning_key == "crossattn"``: ``diffusion_model`` gets the
     concatenated cross-attention context."""
 
     def __init__(self, unet: torch.nn.Module):
         super().__init__()
-        self.diffusion_model = unet
+        self.diffusion_model = as_ldm_unet(unet)
         self.conditioning_key = "crossattn"
 
     def forward(self, x, t, c_concat=None, c_crossattn=None, c_adm=None):

@@ -35,7 +35,7 @@ from typing import Any
 
 import torch
 from modules import devices, sd_hijack, sd_hijack_clip, sd_hijack_open_clip, shared
-from modules.sd_models import LatentDiffusion
+from modules.sd_models import LatentDiffusion, as_ldm_unet
 
 TIME_EMBED = 256  # ConcatTimestepEmbedderND(outdim=256) in SDXL's configuration
 
@@ -106,7 +106,7 @@ class OpenAIWrapper(torch.nn.Module):
 
     def __init__(self, unet: torch.nn.Module):
         super().__init__()
-        self.diffusion_model = unet
+        self.diffusion_model = as_ldm_unet(unet)
         self.conditioning_key = "crossattn"
         config = unet.config
         self.pooled = int(config.projection_class_embeddings_input_dim) - 6 * int(config.addition_time_embed_dim)

@@ -3,8 +3,10 @@ timesteps, context, control, transformer_options)`` and the cross-attention sect
 ``BasicTransformerBlock._forward``.
 
 The network is memguard's diffusers ``UNet2DConditionModel`` (so module names stay diffusers', e.g.
-``unet.down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k``); ``transformer_options`` reach every attention
-module through ``cross_attention_kwargs`` and an attention processor per module that plays Forge's block:
+``unet.down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k``; Forge's top-level blocks, ``input_blocks``,
+``middle_block``, ``output_blocks``, are views of its layers grouped as Forge builds them); ``transformer_options``
+reach every attention module through ``cross_attention_kwargs`` and an attention processor per module that plays
+Forge's block:
 
 * ``extra_options`` = the transformer options without ``patches`` / ``patches_replace``, plus ``block`` (the ldm name
   Forge's UNet sets, ``("input", id)`` / ``("middle", 0)`` / ``("output", id)``), ``block_index`` (the transformer's
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import torch
 from backend import attention
+from modules.sd_models import ldm_blocks
 
 
 class _BlockAttention:
@@ -97,6 +100,20 @@ class IntegratedUNet2DConditionModel(torch.nn.Module):
     @property
     def dtype(self) -> torch.dtype:
         return next(self.parameters()).dtype
+
+    @property
+    def input_blocks(self) -> torch.nn.ModuleList:
+        """Forge's top-level blocks (``input_blocks``, ``middle_block``, ``output_blocks``, built as ldm's): views of
+        the wrapped UNet's layers, grouped by the A1111 double's ``modules.sd_models.ldm_blocks``."""
+        return ldm_blocks(self.unet)[0]
+
+    @property
+    def middle_block(self) -> torch.nn.Module:
+        return ldm_blocks(self.unet)[1]
+
+    @property
+    def output_blocks(self) -> torch.nn.ModuleList:
+        return ldm_blocks(self.unet)[2]
 
     @property
     def config(self):
