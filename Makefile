@@ -63,8 +63,8 @@ lint: $(VENV)/.installed
 # Mutation testing (docs/testing.md, Mutation testing): mutmut mutates each module of MUTATE in turn and runs that
 # module's own tests against every mutant (the table in tests/mutation.py); prints the surviving mutants that
 # tests/mutation_equivalent.txt does not list as equivalent, and the score and time per module. Not part of
-# `make test`: about 15 minutes for the whole list on a busy 2-core machine. `make mutation MUTATE=memguard/detect.py`
-# runs one module.
+# `make test`: about 30 minutes for the whole list on a busy 2-core machine (docs/testing.md).
+# `make mutation MUTATE=memguard/detect.py` runs one module.
 MUTATE ?= memguard/result.py memguard/flow.py memguard/detect.py memguard/strategies.py memguard/calibrate.py \
 	memguard/explain.py memguard/ui/panel.py memguard/hosts/request.py memguard/api.py \
 	memguard/hosts/a1111/report.py memguard/hosts/a1111/conditioning.py memguard/algebra.py \

@@ -16,6 +16,7 @@ from fastapi.testclient import TestClient
 from memguard import __version__, api
 from memguard.api import MAX_PROMPT_CHARS, MAX_PROMPTS, PREFIX, register_routes
 from memguard.calibrate import CalibrationStore
+from memguard.hosts.families import NotApplicable
 from memguard.hosts.request import FIELDS as OPTIONS
 from memguard.service import PipelineService, benign_prompts
 from memguard.ui.panel import render_panel
@@ -415,6 +416,12 @@ def test_routes_answer_errors_as_json_with_their_status():
     failing = client(FakeService(fail=RuntimeError("boom")))
     crashed = failing.post(f"{PREFIX}/score", json={"prompts": ["a"]})
     assert (crashed.status_code, crashed.json()) == (500, {"error": "memguard failed: RuntimeError: boom"})
+
+
+def test_a_model_memguard_cannot_score_is_a_409_with_the_reason():
+    message = "SD3 is not supported (the loaded checkpoint)"
+    refused = client(FakeService(fail=NotApplicable(message))).post(f"{PREFIX}/score", json={"prompts": ["a"]})
+    assert (refused.status_code, refused.json()) == (409, {"error": message})
 
 
 def panel(body) -> tuple[int, dict]:

@@ -62,6 +62,26 @@ def test_with_crossattn_puts_the_prefix_back_in_front():
     assert sdxl["crossattn"] is cond  # the host's dict is left as it was
 
 
+class DictWithShape(dict):
+    """As the host's ``prompt_parser.DictWithShape``: built from a dict, its ``shape`` that of its ``crossattn``."""
+
+    def __init__(self, x, shape=None):
+        super().__init__()
+        self.update(x)
+
+    @property
+    def shape(self):
+        return self["crossattn"].shape
+
+
+def test_with_crossattn_keeps_the_hosts_dict_type_and_its_shape():
+    sdxl = DictWithShape({"crossattn": context(), "vector": torch.zeros(3, 2)})
+    new = torch.ones(2, 77, 4)
+    out = with_crossattn(sdxl, new)
+    assert type(out) is DictWithShape and out.shape == (2, 77, 4)  # A1111's CFGDenoiser.forward reads the shape
+    assert out["crossattn"] is new and out["vector"] is sdxl["vector"]
+
+
 def test_condition_is_the_hosts_condition_dict():
     cond, image = context(), torch.zeros(3, 5, 1, 1)
     plain = condition(cond, image)

@@ -10,6 +10,7 @@ from types import SimpleNamespace
 import pytest
 
 from memguard import __version__
+from memguard.hosts import families
 from memguard.hosts.a1111.report import INFOTEXT, INFOTEXT_KEYS, PER_IMAGE, infotext, payload, summary_lines
 from memguard.hosts.a1111.run import Run
 from memguard.result import PAYLOAD_VERSION, ImageResult
@@ -100,6 +101,13 @@ def test_infotext_of_unscored_and_uncalibrated_images():
 )
 def test_infotext_threshold_is_one_word_for_where_it_came_from(source, word):
     assert values(image(threshold_source=source))["Memguard threshold"] == word
+
+
+def test_infotext_reason_says_why_an_unscored_image_is_not_applicable():
+    not_applicable = image(score=None, d=None, threshold=None, flagged=False, reason=families.FLOW.reason)
+    assert values(not_applicable)["Memguard reason"] == "not-applicable/flow-matching"
+    assert values(image(score=None, flagged=False, reason="no CFG pair"))["Memguard reason"] is None  # other reasons
+    assert values(image(reason=families.FLOW.reason))["Memguard reason"] is None  # only an image without a score
 
 
 def test_infotext_threshold_needs_a_threshold_and_its_source():
