@@ -971,7 +971,10 @@ class Run:
                     f"{infotext_field(text, 'Memguard verdict')})",
                 )
             need(pixels(images[0]) != pixels(plain_images[0]), "the mitigated image equals the unmitigated one")
-            return f"verdict {infotext_field(text, 'Memguard verdict')}, mitigation {mitigation}; image differs"
+            used = match.group(1)
+            fell_back = "" if name == "auto" or used.startswith(name) else f"; asked for {name}, memguard used {used}"
+            said = f"verdict {infotext_field(text, 'Memguard verdict')}, mitigation {mitigation}; image differs"
+            return said + fell_back
 
         return run
 
