@@ -17,7 +17,7 @@ what A1111's ``sd_models_config`` detects SDXL by). OpenCLIP's ViT-bigG-14 is bu
 CLIP ViT-L text tower from its configuration. The file is then written module by module: each module's parameters are
 materialised on the CPU in fp32, drawn with the layer's default initialisation (``reset_parameters``; no layer stays
 zero), converted to fp16, written into the safetensors file (header first, from the meta shapes) and freed, so the
-writer holds one module at a time (about 7 GB on disk; a few hundred MB of memory).
+writer holds one module at a time (6.5 GiB on disk, about 0.7 GiB of memory).
 """
 
 from __future__ import annotations
@@ -172,9 +172,24 @@ def _release(module, names: list[str]) -> None:
         module._parameters[name] = torch.nn.Parameter(tensor.to("meta"), requires_grad=False)
 
 
+def _malloc_returns_large_blocks() -> None:
+    """glibc: serve every allocation of 1 MiB or more by ``mmap`` and give it back on ``free`` (a fixed threshold;
+    the default one rises after frees, and the writer's freed tensors then stayed resident)."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    if name:
+        libc = ctypes.CDLL(name)
+        if hasattr(libc, "mallopt"):
+            libc.mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD
+
+
 def make_sdxl(args: argparse.Namespace) -> int:
     import json
     import struct
+
+    _malloc_returns_large_blocks()
 
     sys.path.insert(0, str(Path(args.sgm).resolve()))
     import open_clip
@@ -253,11 +268,12 @@ def make_sdxl(args: argparse.Namespace) -> int:
                 tensor = drawn[prefix][name].detach()
             else:
                 tensor = value.detach()
-            data = tensor.to(torch.float16).contiguous().numpy().tobytes()
-            if len(data) != header[key]["data_offsets"][1] - header[key]["data_offsets"][0]:
-                print(f"error: {key}: {len(data)} bytes, header says otherwise", file=sys.stderr)
+            data = memoryview(tensor.to(torch.float16).contiguous().numpy()).cast("B")
+            if data.nbytes != header[key]["data_offsets"][1] - header[key]["data_offsets"][0]:
+                print(f"error: {key}: {data.nbytes} bytes, header says otherwise", file=sys.stderr)
                 return 1
             handle.write(data)
+            del data, tensor
             written += 1
     tmp.replace(out)
     print(
