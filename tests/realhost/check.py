@@ -1211,8 +1211,8 @@ class Run:
 
     def calibration_post_small(self) -> str:
         """``POST /memguard/v1/calibration`` with a few prompts (the native size: 1024 px on SDXL), then a watched
-        generation judged by that calibration (no manual threshold). The stored calibration is removed afterwards
-        only in the sense that the next run's checks set their own thresholds; it stays in the WebUI's data."""
+        generation judged by that calibration (no manual threshold). The calibration stays stored in the WebUI's data
+        (``data/memguard/calibration.json`` under the WebUI); the other checks set their own thresholds."""
         self.memory_room()
         prompts = self.args.calibration_prompts
         t0 = time.monotonic()
