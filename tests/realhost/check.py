@@ -16,8 +16,14 @@ What it does (see tests/realhost/README.md and setup.sh for preparing a WebUI ch
 5. stops the WebUI it started (its whole process group), also on a timeout, an interrupt or an error.
 
 64x64 generations with 4 steps; the three calls that score at 512 px (the API's score, its explanation, the tab's
-Analyze) come last, one seed each. Only the Python standard library is needed to run it, plus ``playwright`` (in
-memguard's ``.venv``) for the page checks, and Pillow (optional) for the pixel comparisons.
+Analyze) come last, one seed each.
+
+``--arch sdxl`` makes a random-weight SDXL checkpoint instead (``make_checkpoint.py --arch sdxl``: the host's
+``sd_xl_base.yaml`` on the meta device, written module by module; 6.5 GiB fp16) and runs a focused subset of the checks
+on it (:meth:`Run.run_sdxl`), with guards for the memory it needs (about 15 GiB for A1111 in fp32).
+
+Only the Python standard library is needed to run it, plus ``playwright`` (in memguard's ``.venv``) for the page
+checks, and Pillow (optional) for the pixel comparisons.
 """
 
 from __future__ import annotations
@@ -55,7 +61,8 @@ sys.path.insert(0, str(HERE.parent / "browser"))
 from browser_helpers import CHROMIUM, CHROMIUM_ARGS  # noqa: E402  (the browser tests' Chromium and its flags)
 
 USER, PASSWORD = "user", "pass"
-CKPT_NAME = "memguard-random-sd15.safetensors"
+CKPT_NAMES = {"sd15": "memguard-random-sd15.safetensors", "sdxl": "memguard-random-sdxl.safetensors"}
+SDXL_CONFIG = "repositories/generative-models/configs/inference/sd_xl_base.yaml"  # A1111's config_sdxl
 CLIP_REPO = "openai/clip-vit-large-patch14"
 COMMON_FLAGS = [
     "--skip-prepare-environment",
@@ -249,12 +256,14 @@ def score_of(text: str) -> tuple[float | None, float | None]:
 class MemoryWatch(threading.Thread):
     """Samples the resident memory of the WebUI's process group every second (peak overall and since ``reset``)."""
 
-    def __init__(self, pgid: int):
+    def __init__(self, pgid: int, floor_bytes: float = 0):
         super().__init__(daemon=True)
         self.pgid = pgid
         self.peak = 0
         self.window = 0
         self.min_available = None
+        self.floor = floor_bytes  # MemAvailable below this: the WebUI is killed before the kernel picks a victim
+        self.tripped = ""
         self.stop = threading.Event()
 
     def rss(self) -> int:
@@ -296,9 +305,23 @@ class MemoryWatch(threading.Thread):
             avail = self.available()
             if avail is not None:
                 self.min_available = avail if self.min_available is None else min(self.min_available, avail)
+                if self.floor and avail < self.floor and not self.tripped:
+                    self.tripped = (
+                        f"MemAvailable {avail / 2**30:.2f} GiB < --kill-below-gb {self.floor / 2**30:g} with the "
+                        f"WebUI's group at {value / 2**30:.2f} GiB RSS (peak {self.peak / 2**30:.2f} GiB): killed it"
+                    )
+                    print(f"    memory guard: {self.tripped}", flush=True)
+                    with contextlib.suppress(ProcessLookupError, PermissionError):
+                        os.killpg(self.pgid, signal.SIGKILL)
 
 
 # --- the WebUI process ---------------------------------------------------------------------------------------------
+def _oom_first(pid: int) -> None:
+    """The WebUI (and what it forks after this) is the kernel's first choice if memory runs out, not a neighbour's."""
+    with contextlib.suppress(OSError):
+        Path(f"/proc/{pid}/oom_score_adj").write_text("1000")
+
+
 class WebUI:
     def __init__(self, args: argparse.Namespace, log: Path):
         self.args = args
@@ -326,7 +349,8 @@ class WebUI:
                 env=env,
                 start_new_session=True,  # its own process group: stop() ends the WebUI and every child it started
             )
-        self.memory = MemoryWatch(self.proc.pid)
+        _oom_first(self.proc.pid)
+        self.memory = MemoryWatch(self.proc.pid, self.args.kill_below_gb * 2**30)
         self.memory.start()
 
     def stop(self) -> None:
@@ -399,7 +423,7 @@ class WebUI:
             "negative_prompt": "",
             "width": 64,
             "height": 64,
-            "steps": 4,
+            "steps": self.args.steps,
             "cfg_scale": 7,
             "seed": SEED,
             "sampler_name": "Euler a",
@@ -422,7 +446,8 @@ class Run:
         self.args = args
         self.out = Path(args.out).resolve()
         self.out.mkdir(parents=True, exist_ok=True)
-        self.webui = WebUI(args, self.out / f"webui-{args.host}.log")
+        suffix = "-sdxl" if args.arch == "sdxl" else ""
+        self.webui = WebUI(args, self.out / f"webui-{args.host}{suffix}.log")
         self.results: list[dict] = []
         self.state: dict = {}
         self.current: tuple[str, float, int] | None = None
@@ -430,6 +455,7 @@ class Run:
         self.deadline = self.started + args.max_minutes * 60
         self.meta: dict = {
             "host": args.host,
+            "arch": args.arch,
             "webui": str(Path(args.webui).resolve()),
             "webui_commit": git_head(Path(args.webui)),
             "memguard": str(args.memguard),
@@ -452,6 +478,8 @@ class Run:
         memory = self.webui.memory
         self.meta["peak_rss_mb"] = round(memory.peak / 2**20) if memory else None
         self.meta["min_available_mb"] = round(memory.min_available / 2**20) if memory and memory.min_available else None
+        if memory and memory.tripped:
+            self.meta["memory_guard"] = memory.tripped
         self.meta["seconds"] = round(time.monotonic() - self.started, 1)
         report = {"meta": self.meta, "checks": self.results}
         path = Path(self.args.report)
@@ -527,6 +555,8 @@ class Run:
         if status != "PASS" and self.webui.proc is not None and not self.webui.alive():
             self.state["down"] = f"exited with {self.webui.proc.returncode}"
             reason += f" (the WebUI exited with {self.webui.proc.returncode})"
+            if self.webui.memory and self.webui.memory.tripped:
+                reason += f"; {self.webui.memory.tripped}"
         self.record(name, status, reason, seconds, window, excerpt)
 
     def record(self, name: str, status: str, reason: str, seconds: float, peak: int, excerpt: str) -> None:
@@ -561,11 +591,14 @@ class Run:
 
     def checkpoint(self) -> str:
         cache = Path(self.args.cache).expanduser()
-        cached = cache / CKPT_NAME
+        name = CKPT_NAMES[self.args.arch]
+        cached = cache / name
         made = "cached"
         if self.args.checkpoint:
             cached = Path(self.args.checkpoint).resolve()
             made = "given"
+        elif not cached.exists() and self.args.arch == "sdxl":
+            made = self.make_sdxl_checkpoint(cached)
         elif not cached.exists():
             webui = Path(self.args.webui)
             ldm = Path(self.args.ldm or webui / "repositories" / "stable-diffusion-stability-ai")
@@ -592,13 +625,35 @@ class Run:
             made = done.stdout.strip().splitlines()[-1]
         target_dir = Path(self.args.webui) / "models" / "Stable-diffusion"
         target_dir.mkdir(parents=True, exist_ok=True)
-        target = target_dir / CKPT_NAME
+        target = target_dir / name
         if (target.is_symlink() or target.exists()) and target.resolve() != cached.resolve():
             target.unlink()
         if not target.exists():
             target.symlink_to(cached)
         self.state["ckpt"] = target
         return f"{made}; {target} -> {cached} ({cached.stat().st_size / 2**30:.2f} GiB)"
+
+    def make_sdxl_checkpoint(self, cached: Path) -> str:
+        """The random-weight SDXL checkpoint (``make_checkpoint.py --arch sdxl``: sgm's ``sd_xl_base.yaml``
+        instantiated on the meta device, written module by module; about 7 GB fp16)."""
+        webui = Path(self.args.webui)
+        sgm = Path(self.args.sgm or webui / "repositories" / "generative-models")
+        config = Path(self.args.sd_config or webui / SDXL_CONFIG)
+        if not (sgm / "sgm").is_dir() or not config.is_file():
+            raise CheckFailed(
+                f"no cached checkpoint at {cached}, and no sgm package at {sgm} or no config at {config} to make one "
+                "(run the A1111 check first, or pass --sgm and --sd-config, or --checkpoint)"
+            )
+        free = shutil.disk_usage(cached.parent if cached.parent.exists() else Path.home()).free
+        need(free > 16 * 2**30, f"{free / 2**30:.1f} GiB free on disk; the SDXL checkpoint needs about 7 GiB")
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        command = [self.args.python, str(HERE / "make_checkpoint.py"), "--arch", "sdxl", "--sgm", str(sgm)]
+        command += ["--config", str(config), "--out", str(cached)]
+        t0 = time.monotonic()
+        done = subprocess.run(command, capture_output=True, text=True, timeout=3600, check=False)
+        if done.returncode:
+            raise CheckFailed(f"make_checkpoint.py --arch sdxl failed: {(done.stderr or done.stdout)[-1500:]}")
+        return f"{done.stdout.strip().splitlines()[-1]} in {time.monotonic() - t0:.0f} s"
 
     def prepare(self) -> str:
         info = host_python_info(self.args.python)
@@ -635,6 +690,20 @@ class Run:
     def boot(self) -> str:
         if not port_free(self.args.port):
             raise CheckFailed(f"port {self.args.port} on 127.0.0.1 is taken; pass --port")
+        if self.args.boot_min_free_gb:
+            avail = None
+            for _ in range(120):  # up to 10 minutes for the other processes on the machine to give memory back
+                avail = MemoryWatch.available()
+                if avail is None or avail >= self.args.boot_min_free_gb * 2**30:
+                    break
+                time.sleep(5)
+            else:
+                self.state["down"] = "not booted: too little memory"
+                raise CheckFailed(
+                    f"only {avail / 2**30:.1f} GiB available after 10 minutes, --boot-min-free-gb "
+                    f"{self.args.boot_min_free_gb}: not booted"
+                )
+            self.meta["available_gb_at_boot"] = round((avail or 0) / 2**30, 1)
         t0 = time.monotonic()
         self.webui.start(self.state["env"], self.state["ckpt"])
         deadline = t0 + self.args.boot_timeout
@@ -841,8 +910,17 @@ class Run:
         need(result.get("flagged") is True, f"not flagged: {str(result)[:300]}")
         words = result.get("words") or []
         need(words, f"a flagged result without words (explain is on by default): {str(result)[:300]}")
+        spans = [w for w in words if isinstance(w.get("start"), int) and w["start"] >= 0]
+        off = [w for w in spans if PROMPT[w["start"] : w["end"]] != w.get("text")]
+        need(not off, f"words whose span is not their text in the typed prompt: {off[:3]}")
+        typed = sum(w.get("text") in PROMPT for w in words)
         keys = ", ".join(sorted(result))
-        return f"extra_generation_params.memguard: {len(words)} words, verdict {result.get('verdict')}; keys {keys}"
+        top = [w.get("text") for w in sorted(words, key=lambda w: -(w.get("value") or 0))[:3]]
+        return (
+            f"extra_generation_params.memguard: {len(words)} words ({len(spans)} with a span, each = "
+            f"PROMPT[start:end]; {typed} found in the typed prompt), top {top}, verdict {result.get('verdict')}; "
+            f"keys {keys}"
+        )
 
     def audit_log(self) -> str:
         path = self.out / f"audit-{self.args.host}.jsonl"
@@ -869,7 +947,7 @@ class Run:
             if via == "script":
                 with self.options(memguard_threshold=score / 2):
                     info, images, _ = self.webui.txt2img(
-                        script_name=GUARD, script_args=[name, False, True], timeout=900
+                        script_name=GUARD, script_args=[name, False, True], timeout=self.args.mitigation_timeout
                     )
                 text = self._first_infotext(info)
                 strategy = infotext_field(text, "Memguard strategy")
@@ -893,7 +971,10 @@ class Run:
                     f"{infotext_field(text, 'Memguard verdict')})",
                 )
             need(pixels(images[0]) != pixels(plain_images[0]), "the mitigated image equals the unmitigated one")
-            return f"verdict {infotext_field(text, 'Memguard verdict')}, mitigation {mitigation}; image differs"
+            used = match.group(1)
+            fell_back = "" if name == "auto" or used.startswith(name) else f"; asked for {name}, memguard used {used}"
+            said = f"verdict {infotext_field(text, 'Memguard verdict')}, mitigation {mitigation}; image differs"
+            return said + fell_back
 
         return run
 
@@ -1105,6 +1186,67 @@ class Run:
         early = f" (at boot, before the host loaded it: {at_boot!r})" if at_boot != shown else ""
         return f"{body.get('model')}{early}"
 
+    def model_is_sdxl(self) -> str:
+        """The host loaded the random checkpoint as SDXL (A1111: ``sd_xl_base.yaml``; Forge: its SDXL class), and
+        memguard's watched generation scored it."""
+        self.plain()  # the model is loaded by now (A1111 loads it in a thread at boot)
+        log = self.webui.log()
+        if self.args.host == "a1111":
+            found = re.findall(r"Creating model from config: (\S+)", log)
+            need(bool(found), "no 'Creating model from config' line in the log")
+            need(found[-1].endswith("sd_xl_base.yaml"), f"created from {found[-1]}, not sd_xl_base.yaml")
+            said = f"config {Path(found[-1]).name}"
+        else:
+            found = re.findall(r"StateDict Keys: [^\n]*", log)  # Forge's backend/loader.py, per component
+            need(bool(found), "no 'StateDict Keys' line in the log")
+            need("text_encoder_2" in found[-1], f"no second text encoder (SDXL's): {found[-1]}")
+            said = found[-1][:200]
+        status, body = self.webui.request("GET", "/sdapi/v1/options", timeout=120)
+        loaded = body.get("sd_model_checkpoint") if isinstance(body, dict) else None
+        need(
+            (loaded and CKPT_NAMES["sdxl"].rsplit(".", 1)[0] in str(loaded)) or bool(self.args.checkpoint),
+            f"sd_model_checkpoint is {loaded!r}",
+        )
+        return f"{said}; sd_model_checkpoint {loaded}"
+
+    def calibration_post_small(self) -> str:
+        """``POST /memguard/v1/calibration`` with a few prompts (the native size: 1024 px on SDXL), then a watched
+        generation judged by that calibration (no manual threshold). The calibration stays stored in the WebUI's data
+        (``data/memguard/calibration.json`` under the WebUI); the other checks set their own thresholds."""
+        self.memory_room()
+        prompts = self.args.calibration_prompts
+        t0 = time.monotonic()
+        status, body = self.webui.request(
+            "POST", "/memguard/v1/calibration", {"prompts": prompts, "fpr": 0.5}, timeout=3600
+        )
+        seconds = time.monotonic() - t0
+        need(status == 200 and isinstance(body, dict), f"HTTP {status} after {seconds:.0f} s: {str(body)[:500]}")
+        need(body.get("n") == len(prompts), f"n {body.get('n')} for {len(prompts)} prompts: {body}")
+        tau = body.get("threshold")
+        need(isinstance(tau, (int, float)) and tau > 0, f"threshold {tau}")
+        status, got = self.webui.request("GET", "/memguard/v1/calibration", timeout=120)
+        need(status == 200 and got.get("threshold") == tau, f"GET calibration after POST: {got}")
+        need("manual" not in str(got.get("source")), f"source {got.get('source')!r}")
+        info, _, _ = self.webui.txt2img(override_settings={"memguard_threshold": 0})
+        text = self._first_infotext(info)
+        score, shown = score_of(text)
+        need(shown is not None and abs(shown - tau) <= 1e-3 * tau, f"the generation's threshold {shown}, stored {tau}")
+        verdict = infotext_field(text, "Memguard verdict")
+        return (
+            f"{len(prompts)} prompts at the native size in {seconds:.0f} s: threshold {tau:.4g} "
+            f"({got.get('source')}); a watched generation: score {score}, threshold {shown}, verdict {verdict}"
+        )
+
+    def api_score_native(self) -> str:
+        """``POST /memguard/v1/score`` (no explanation): one seed at the model's native size."""
+        self.memory_room()
+        t0 = time.monotonic()
+        status, body = self.webui.request("POST", "/memguard/v1/score", {"prompts": [PROMPT], "seeds": 1}, timeout=3600)
+        need(status == 200 and isinstance(body, dict), f"HTTP {status}: {str(body)[:500]}")
+        result = body["results"][0]
+        need(isinstance(result.get("score"), (int, float)) and result["score"] > 0, f"score {result.get('score')}")
+        return f"score {result['score']:.4g} at the native size in {time.monotonic() - t0:.0f} s"
+
     def api_score_explain(self) -> str:
         self.memory_room()
         status, body = self.webui.request(
@@ -1191,7 +1333,7 @@ class Run:
             with self.browser_page() as page:
                 page.fill("#txt2img_prompt textarea", PROMPT)
                 page.fill("#txt2img_neg_prompt textarea", "")
-                for elem, value in (("txt2img_width", 64), ("txt2img_height", 64), ("txt2img_steps", 4)):
+                for elem, value in (("txt2img_width", 64), ("txt2img_height", 64), ("txt2img_steps", self.args.steps)):
                     self._set_number(page, elem, value)
                 seed = page.locator("#txt2img_seed input").first
                 seed.fill(str(SEED))
@@ -1250,6 +1392,25 @@ class Run:
             return f"analysis with {count} highlighted words; screenshot {shot.name}" + self.host_errors(page)
 
     # --- the sequence ----------------------------------------------------------------------------------------------
+    def run_sdxl(self) -> None:
+        """The SDXL subset, most important first: 64x64 generations (an 8x8 latent; SDXL's UNet halves it twice),
+        ``--steps`` (2 by default with --arch sdxl: one UNet call of the CFG batch takes about 35 s on 2 busy cores);
+        the calls at SDXL's native 1024 px (calibration, the API's score) and the extras after them."""
+        self.check("clean_start", self.clean_start)
+        self.check("calibration_get_source", self.calibration_get)
+        self.check("watch_infotext", self.watch_infotext)
+        self.check("model_is_sdxl", self.model_is_sdxl)
+        self.check("flagged_manual_threshold", self.flagged_manual_threshold)
+        self.check("api_info_carries_results", self.api_info_results)
+        self.check("model_key_is_the_checkpoint_hash", self.model_key)
+        for name in ("attention", "embedding"):
+            self.check(f"script_strategy_{name}", self.strategy(name))
+        self.check("calibration_post_native", self.calibration_post_small)
+        self.check("ui_panel_words", self.ui_panel_words)
+        self.check("request_options_threshold", self.request_options_threshold)
+        self.check("watch_on_off_pixel_identical", self.watch_off_identical(""))
+        self.check("api_score_native", self.api_score_native)
+
     def run(self) -> None:
         host = self.args.host
         self.check("install", self.install)
@@ -1260,6 +1421,9 @@ class Run:
         if any(r["status"] == "FAIL" for r in self.results):
             self.state["down"] = "preparation failed"
         self.check("boot", self.boot)
+        if self.args.arch == "sdxl":
+            self.run_sdxl()
+            return
         self.check("clean_start", self.clean_start)
         self.check("routes_401_without_credentials", self.routes_require_auth)
         self.check("routes_with_credentials", self.routes_with_auth)
@@ -1340,13 +1504,46 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=None, help="logs, screenshots (default: out/realhost under the project)")
     parser.add_argument("--port", type=int)
     parser.add_argument("--cache", default="~/.cache/memguard-realhost", help="checkpoint and HF cache")
-    parser.add_argument("--checkpoint", help="use this SD1.5 ldm checkpoint instead of the random one")
-    parser.add_argument("--ldm", help="stablediffusion repository for making the checkpoint")
-    parser.add_argument("--sd-config", help="v1-inference.yaml for making the checkpoint")
+    parser.add_argument(
+        "--arch",
+        choices=("sd15", "sdxl"),
+        default="sd15",
+        help="sdxl: a random-weight SDXL checkpoint (about 7 GB fp16, 14 GB in the WebUI) and the SDXL subset",
+    )
+    parser.add_argument("--checkpoint", help="use this checkpoint (of --arch) instead of the random one")
+    parser.add_argument("--ldm", help="stablediffusion repository for making the SD1.5 checkpoint")
+    parser.add_argument("--sgm", help="generative-models repository for making the SDXL checkpoint")
+    parser.add_argument("--sd-config", help="v1-inference.yaml (sd_xl_base.yaml) for making the checkpoint")
+    parser.add_argument(
+        "--boot-min-free-gb",
+        type=float,
+        default=None,
+        help="memory available to wait for (up to 10 min) before booting; default 17 with --arch sdxl, else 0",
+    )
+    parser.add_argument(
+        "--kill-below-gb",
+        type=float,
+        default=None,
+        help="kill the WebUI when the machine's available memory falls below this (default 1 with --arch sdxl, "
+        "else 0 = off); the WebUI also gets oom_score_adj 1000",
+    )
+    parser.add_argument(
+        "--calibration-prompts",
+        type=lambda text: [p.strip() for p in text.split("|") if p.strip()],
+        default=["a red house by a lake", "a bowl of fruit on a table"],
+        help="SDXL: the prompts of the native-size calibration check, separated by |",
+    )
     parser.add_argument("--boot-timeout", type=float, default=900)
+    parser.add_argument("--steps", type=int, default=None, help="sampling steps (default 4; 2 with --arch sdxl)")
+    parser.add_argument(
+        "--mitigation-timeout", type=float, default=None, help="seconds for a guarded generation (900; 2400 sdxl)"
+    )
     parser.add_argument("--max-minutes", type=float, default=150, help="checks still waiting then are skipped")
     parser.add_argument(
-        "--min-free-gb", type=float, default=9, help="free memory to wait for before a 512 px call (beyond the WebUI)"
+        "--min-free-gb",
+        type=float,
+        default=None,
+        help="free memory to wait for before a native-size call (beyond the WebUI; default 9, 4 with --arch sdxl)",
     )
     parser.add_argument("--only", action="append", default=[], help="regex: run only matching checks (+ setup)")
     parser.add_argument("--skip", action="append", default=[], help="regex: skip matching checks")
@@ -1366,14 +1563,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--verbose", action="store_true")
     args = parser.parse_args(argv)
     args.webui = str(Path(args.webui).resolve())
+    if args.steps is None:
+        args.steps = 2 if args.arch == "sdxl" else 4
+    if args.mitigation_timeout is None:
+        args.mitigation_timeout = 2400 if args.arch == "sdxl" else 900
+    if args.min_free_gb is None:
+        args.min_free_gb = 4.0 if args.arch == "sdxl" else 9.0
+    if args.boot_min_free_gb is None:
+        args.boot_min_free_gb = 17.0 if args.arch == "sdxl" else 0.0
+    if args.kill_below_gb is None:
+        args.kill_below_gb = 1.0 if args.arch == "sdxl" else 0.0
     args.python = args.python or str(Path(args.webui) / "venv" / "bin" / "python")
     args.port = args.port or DEFAULT_PORT[args.host]
     args.out = args.out or str(PROJECT / "out" / "realhost")
-    args.report = args.report or str(Path(args.out) / f"realhost-{args.host}.json")
+    suffix = "-sdxl" if args.arch == "sdxl" else ""
+    args.report = args.report or str(Path(args.out) / f"realhost-{args.host}{suffix}.json")
     if args.only:
         args.only += ["^install$", "^checkpoint$", "^prepare$", "^boot$"]
     if args.setting is None:
         args.setting = ["memguard_auto_calibrate=false"]
+        if args.arch == "sdxl":  # A1111's live preview (Approx NN) downloads vaeapprox-sdxl.pt at the first step
+            args.setting.append("live_previews_enable=false")
     args.memguard = Path(args.memguard or PROJECT).resolve()
     args.memguard_commit = None
     if args.memguard_rev:
