@@ -1,10 +1,12 @@
 """The warning panel under a generation in a real browser: Debian's Chromium driven by Playwright against a
 WebUI-like page (``webui_page.py``: the A1111 double generating with memguard loaded, its comments shown in
-``#html_log_txt2img`` as the host shows them, memguard.js loaded as the host loads extension scripts). Writes
+``#html_log_txt2img`` as the host shows them, memguard.js loaded as the host loads extension scripts; the img2img
+tab's prompt box and log, which the host never writes memguard's line into: a test writes one there). Writes
 ``docs/panel.png`` (``out/<host>/`` on a WebUI host's stack: ``browser_helpers.screenshot_path``)."""
 
 from __future__ import annotations
 
+import html
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -72,4 +74,50 @@ def test_panel_renders_the_generation_log_and_edits_the_prompt(page):
     page.wait_for_function(f"!document.querySelector('{LOG} .memguard-panel')", timeout=30_000)
     assert "memguard" not in page.locator(LOG).first.inner_text()
     page.wait_for_timeout(500)
+    assert page.dialogs == [] and page.errors == []
+
+
+def comments_html(lines: list[str]) -> str:
+    """The log as the host shows it: ``plaintext_to_html(processed.comments, classname="comments")``
+    (``modules/ui_common.py``, mirrored in ``tests/fakehost/modules/ui_common.py``)."""
+    content = "<br>\n".join(html.escape(line) for line in lines)
+    return f"<p class='comments'>{content}</p>"
+
+
+def test_a_panel_under_img2img_edits_the_img2img_prompt(page):
+    """memguard.js renders a panel under either tab's log; its words edit the prompt box of that tab
+    (``img2img_prompt`` here), not txt2img's, even when both boxes hold the same prompt."""
+    from memguard.hosts.a1111 import Run, summary_lines
+    from memguard.result import ImageResult
+
+    prompt = "a cat on a sofa"
+    sofa = prompt.index("sofa")
+    run = Run(mode="watch", threshold=1.0)
+    run.results[0] = ImageResult(
+        index=0,
+        seed=7,
+        prompt=prompt,
+        score=2.0,
+        d=2.0,
+        threshold=1.0,
+        threshold_source="",
+        flagged=True,
+        sub_scores=[2.0],
+        words=[{"text": "sofa", "start": sofa, "end": sofa + 4, "value": 1.0, "normalized": 1.0}],
+    )
+    page.fill("#txt2img_prompt textarea", prompt)
+    page.locator("#tabs button", has_text="img2img").click()
+    page.fill("#img2img_prompt textarea", prompt)
+    log = "#html_log_img2img"
+    page.evaluate(  # as gradio shows a gr.HTML's new value; the onUiUpdate observer then renders the panel
+        "([log, markup]) => { const box = document.querySelector(log);"
+        " (box.querySelector('.prose') || box).innerHTML = markup; }",
+        [log, comments_html(summary_lines(run))],
+    )
+    page.wait_for_selector(f"{log} .memguard-panel", timeout=60_000)
+    page.locator(f"{log} .memguard-word", has_text="sofa").first.click()
+    page.locator(".memguard-menu-item", has_text="Remove").click()
+    assert page.input_value("#img2img_prompt textarea") == "a cat on a"
+    assert page.input_value("#txt2img_prompt textarea") == prompt
+    assert page.locator(f"{log} .memguard-prompt").first.get_attribute("data-memguard-target") == "img2img_prompt"
     assert page.dialogs == [] and page.errors == []

@@ -120,3 +120,52 @@ def test_prompt_edit_functions(session):
         assert got == expected, (action, prompt, word)
     located = session.page.evaluate("() => window.memguard.locateWord('a cat and a cat', 'cat', 11)")
     assert located == 12
+
+
+def _menu_count(page) -> int:
+    return page.locator(".memguard-menu").count()
+
+
+def test_enter_or_space_on_a_focused_word_opens_its_menu(session):
+    """The words are buttons for the keyboard too (``tabindex="0"``): Enter or Space on a focused word opens its
+    menu with the first item focused, Escape closes it, Enter on an item picks it."""
+    page = session.page
+    prompt = "a cat on a red sofa"
+    session.analyze(prompt, seeds=1)
+    word = page.locator("#memguard_analysis .memguard-word").last
+    text = word.get_attribute("data-word")
+    for key in ("Enter", "Space"):
+        word.focus()
+        assert _menu_count(page) == 0
+        page.keyboard.press(key)
+        assert _menu_count(page) == 1, key
+        assert page.locator(".memguard-menu-title").text_content().startswith(f"\u201c{text}\u201d")
+        assert page.evaluate("() => document.activeElement.textContent") == f"Remove \u201c{text}\u201d"
+        assert session.prompt() == prompt  # opening the menu edits nothing
+        page.keyboard.press("Escape")
+        assert _menu_count(page) == 0
+    word.focus()
+    page.keyboard.press("Enter")
+    page.keyboard.press("Enter")  # on the focused "Remove" item
+    assert _menu_count(page) == 0
+    assert session.prompt().count(text) == prompt.count(text) - 1
+    assert session.errors == [] and session.dialogs == []
+
+
+def test_a_removed_word_opens_no_menu(session):
+    """A word the user removed is no longer in the prompt: neither a click nor Enter on it offers to edit it again."""
+    page = session.page
+    prompt = "a cat on a red sofa"
+    session.analyze(prompt, seeds=1)
+    word = page.locator("#memguard_analysis .memguard-word").last
+    word.click()
+    page.locator(".memguard-menu-item", has_text="Remove").click()
+    removed = session.prompt()
+    assert removed != prompt and "memguard-removed" in word.get_attribute("class")
+    word.click()
+    assert _menu_count(page) == 0
+    word.focus()
+    page.keyboard.press("Enter")
+    assert _menu_count(page) == 0
+    assert session.prompt() == removed
+    assert session.errors == [] and session.dialogs == []

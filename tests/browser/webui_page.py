@@ -10,7 +10,13 @@ What the page reproduces of A1111 1.10.1, the parts memguard's panel depends on:
   callbacks from a ``MutationObserver`` on ``gradioApp()`` started at ``DOMContentLoaded`` (shim below, same
   behaviour); ``style.css`` at the end of ``<body>`` (``modules/ui_gradio_extensions.py``);
 * ``on_app_started(demo, app)`` is called with gradio's FastAPI app after ``launch`` (``webui.py``), so memguard's
-  ``/memguard/v1/panel`` route is served next to the page.
+  ``/memguard/v1/panel`` route is served next to the page;
+* the img2img tab's prompt box and log, with the host's ids (``modules/ui.py: create_ui``: ``gr.TabItem("img2img",
+  elem_id="tab_img2img")``, ``ui_toprow.Toprow(is_img2img=True)``'s ``gr.Textbox(elem_id=f"{id_part}_prompt")``
+  and ``create_output_panel("img2img", ...)``'s ``gr.HTML(elem_id=f"html_log_{tabname}")``), so that a panel
+  under an img2img log can be checked. Not its generation: memguard's scripts do not show on img2img
+  (``memguard/hosts/a1111/scripts.py``), so the host never writes memguard's line into that log; a test that needs
+  one there writes it.
 
 Usage: ``python tests/browser/webui_page.py --model DIR --port N [--threshold T]``.
 """
@@ -62,13 +68,17 @@ def build(threshold: float):
         return txt2img.txt2img(p)[3]
 
     blocks = gr.Blocks(title="WebUI-like page", analytics_enabled=False)
-    with blocks as demo, gr.Tabs(elem_id="tabs"), gr.Tab("txt2img", elem_id="tab_txt2img"):
-        prompt = gr.Textbox(label="Prompt", lines=2, elem_id="txt2img_prompt")
-        batch = gr.Number(value=2, label="Batch size", elem_id="txt2img_batch_size")
-        watch = gr.Checkbox(value=True, label="memguard watch", elem_id="txt2img_watch")
-        button = gr.Button("Generate", elem_id="txt2img_generate")
-        log = gr.HTML(elem_id="html_log_txt2img", elem_classes="html-log")
-        button.click(generate, [prompt, batch, watch], [log])
+    with blocks as demo, gr.Tabs(elem_id="tabs"):
+        with gr.Tab("txt2img", elem_id="tab_txt2img"):
+            prompt = gr.Textbox(label="Prompt", lines=2, elem_id="txt2img_prompt")
+            batch = gr.Number(value=2, label="Batch size", elem_id="txt2img_batch_size")
+            watch = gr.Checkbox(value=True, label="memguard watch", elem_id="txt2img_watch")
+            button = gr.Button("Generate", elem_id="txt2img_generate")
+            log = gr.HTML(elem_id="html_log_txt2img", elem_classes="html-log")
+            button.click(generate, [prompt, batch, watch], [log])
+        with gr.Tab("img2img", elem_id="tab_img2img"):
+            gr.Textbox(label="Prompt", lines=2, elem_id="img2img_prompt")
+            gr.HTML(elem_id="html_log_img2img", elem_classes="html-log")
     return demo
 
 
