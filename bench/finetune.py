@@ -15,8 +15,9 @@ model on every distinct (image, caption) pair of the folder at ``--draws`` rando
   training image is below ``tau``, the 1st percentile of the base model's general generations' distance to the
   nearest duplicated image (as bench/mitigation.py);
 * fidelity: attribute accuracy on the miniature's held-out general prompts (``fidelity.attribute_accuracy``);
-* training time: wall time of each training loop, and the filtered / unfiltered ratio from short alternating runs
-  (best of 5 each), which a shared machine disturbs less; the samples the filter dropped over training;
+* training time: wall time of each training loop, and the filtered / unfiltered ratio from short interleaved runs
+  (median and min-max over rounds, CPU and wall time, the load), which a shared machine disturbs less; the samples the
+  filter dropped over training;
 * where the filter acts: the share of duplicated and general pairs over the first threshold per tenth of the
   timestep range, for the model of the unfiltered fine-tune.
 
@@ -44,7 +45,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from common import Timer, generate, labelled, setup, table
+from common import Load, Timer, generate, interleave, labelled, ratio, setup, table
 
 from memguard.miniature import train
 from memguard.miniature.data import caption, sample_labels
@@ -191,16 +192,20 @@ def finetune(
     return dataclasses.replace(model, unet=unet.eval().requires_grad_(False)), dropped
 
 
-def overhead(model, images, contexts, duplicated, threshold, rounds: int = 5, steps: int = 10) -> float:
-    """Filtered / unfiltered training time, alternating short runs and keeping each one's fastest (the machine is
-    shared, so the whole runs' wall times also measure the neighbours)."""
-    best = {False: float("inf"), True: float("inf")}
-    for _ in range(rounds):
-        for filtered in (False, True):
-            with Timer() as clock:
-                finetune(model, images, contexts, duplicated, steps, 0, threshold if filtered else None)
-            best[filtered] = min(best[filtered], clock.seconds)
-    return best[True] / best[False]
+def overhead(model, images, contexts, duplicated, threshold, rounds: int = 7, steps: int = 10) -> str:
+    """Filtered / unfiltered training time of short runs interleaved (plain, filtered, filtered, plain, ...; one
+    warm-up round): the median per-round ratio and its min-max, by CPU and wall time, with the machine's load (the
+    machine is shared, so the whole runs' wall times also measure the neighbours)."""
+    cases = {
+        name: (lambda t=t: finetune(model, images, contexts, duplicated, steps, 0, t))
+        for name, t in (("plain", None), ("filtered", threshold))
+    }
+    with Load() as load:
+        times = interleave(cases, rounds)
+    return (
+        f"{ratio(times.cpu, 'filtered', 'plain')} by CPU time, {ratio(times.wall, 'filtered', 'plain')} by wall time, "
+        f"{rounds} interleaved rounds of {steps} steps; {load.line()}"
+    )
 
 
 def dropped_by_timestep(model, images, contexts, duplicated, distinct, threshold) -> str:
@@ -235,6 +240,9 @@ def main() -> None:
         help="also run the per-sample filter (FlaggedSamples keyed by caption) with these strike counts (default 2)",
     )
     ap.add_argument("--model", type=Path, default=None, help="a miniature-like model directory (default: the SD1 one)")
+    ap.add_argument(
+        "--overhead-only", action="store_true", help="only the filter's training-time overhead (after calibrating)"
+    )
     args = ap.parse_args()
     base = setup(args.model)
     general = [r["prompt"] for r in labelled("general")][: args.prompts]
@@ -252,6 +260,10 @@ def main() -> None:
     thresholds = {q: TimestepThreshold.calibrate(d, t, quantile=q) for q in args.quantile}
     for q, threshold in thresholds.items():
         print(f"training threshold (q {q}) per tenth of [0, 1000): {', '.join(f'{v:.2f}' for v in threshold.values)}")
+    first = next(iter(thresholds.values()))
+    if args.overhead_only:
+        print(f"training time with / without the filter: {overhead(base, images, contexts, duplicated, first)}")
+        return
 
     seeds = list(range(args.seeds))
     refs = {name: torch.from_numpy(image) for name, image in zip(names, originals)}
@@ -276,7 +288,6 @@ def main() -> None:
     with Timer() as plain_time:
         plain, _ = finetune(base, images, contexts, duplicated, args.steps, args.seed, None)
     log(f"  {plain_time.seconds:.0f} s; evaluating")
-    first = next(iter(thresholds.values()))
     print(
         f"share of pairs over the q {first.quantile} threshold after the unfiltered fine-tune, per tenth of the "
         f"timestep range: {dropped_by_timestep(plain, images, contexts, duplicated, distinct, first)}"
@@ -310,8 +321,7 @@ def main() -> None:
             rows.append(filtered_row(label, threshold, FlaggedSamples(strikes)))
     n_dup = int(duplicated.float().mean().item() * args.steps * train.BATCH_SIZE)
     log("timing the overhead")
-    ratio = overhead(base, images, contexts, duplicated, next(iter(thresholds.values())))
-    print(f"training time with / without the filter, best of 5 alternating runs of 10 steps: x{ratio:.2f}")
+    print(f"training time with / without the filter: {overhead(base, images, contexts, duplicated, first)}")
     table(
         ["model", "replication", "median copy distance", "fidelity", "training time", "samples dropped"],
         rows,

@@ -4,6 +4,7 @@ before the 77-token chunks: the rows memguard reads and replaces are the prompt'
 from __future__ import annotations
 
 import torch
+from fakehost.modules.prompt_parser import DictWithShape  # the A1111 double of the host's modules/prompt_parser.py
 
 from memguard.hosts.a1111.conditioning import (
     SIZES,
@@ -60,18 +61,6 @@ def test_with_crossattn_puts_the_prefix_back_in_front():
     out = with_crossattn(sdxl, new)
     assert out["vector"] is sdxl["vector"] and torch.equal(out["crossattn"][:, 1:], new)
     assert sdxl["crossattn"] is cond  # the host's dict is left as it was
-
-
-class DictWithShape(dict):
-    """As the host's ``prompt_parser.DictWithShape``: built from a dict, its ``shape`` that of its ``crossattn``."""
-
-    def __init__(self, x, shape=None):
-        super().__init__()
-        self.update(x)
-
-    @property
-    def shape(self):
-        return self["crossattn"].shape
 
 
 def test_with_crossattn_keeps_the_hosts_dict_type_and_its_shape():

@@ -60,26 +60,34 @@ def main() -> int:
     return make_sd15(args)
 
 
-def make_sd15(args: argparse.Namespace) -> int:
-    sys.path.insert(0, str(Path(args.ldm).resolve()))
-    import ldm.modules.encoders.modules as encoders
-    import torch
+def offline_clip_l(encoders) -> None:
+    """Point a host's ``encoders`` module at a CLIP-L text model built from its configuration (random weights) and a
+    placeholder tokenizer, instead of the Hugging Face download: the checkpoint holds no tokenizer, the host loads
+    its own."""
     import transformers
-    from ldm.util import instantiate_from_config
-    from omegaconf import OmegaConf
 
-    class _Tokenizer:  # the checkpoint holds no tokenizer; the host loads its own
+    class Tokenizer:
         @classmethod
         def from_pretrained(cls, *_args, **_kwargs):
             return cls()
 
-    class _TextModel:
+    class TextModel:
         @staticmethod
         def from_pretrained(*_args, **_kwargs):
             return transformers.CLIPTextModel(transformers.CLIPTextConfig(**CLIP_L_TEXT))
 
-    encoders.CLIPTokenizer = _Tokenizer
-    encoders.CLIPTextModel = _TextModel
+    encoders.CLIPTokenizer = Tokenizer
+    encoders.CLIPTextModel = TextModel
+
+
+def make_sd15(args: argparse.Namespace) -> int:
+    sys.path.insert(0, str(Path(args.ldm).resolve()))
+    import ldm.modules.encoders.modules as encoders
+    import torch
+    from ldm.util import instantiate_from_config
+    from omegaconf import OmegaConf
+
+    offline_clip_l(encoders)
 
     torch.manual_seed(args.seed)
     config = OmegaConf.load(args.config)
@@ -195,19 +203,8 @@ def make_sdxl(args: argparse.Namespace) -> int:
     import open_clip
     import sgm.modules.encoders.modules as encoders
     import torch
-    import transformers
     from omegaconf import OmegaConf
     from sgm.util import instantiate_from_config
-
-    class _Tokenizer:  # the checkpoint holds no tokenizer; the host loads its own
-        @classmethod
-        def from_pretrained(cls, *_args, **_kwargs):
-            return cls()
-
-    class _TextModel:
-        @staticmethod
-        def from_pretrained(*_args, **_kwargs):
-            return transformers.CLIPTextModel(transformers.CLIPTextConfig(**CLIP_L_TEXT))
 
     create = open_clip.create_model_and_transforms
 
@@ -215,8 +212,7 @@ def make_sdxl(args: argparse.Namespace) -> int:
         kw.update(pretrained=None, device="meta")
         return create(*a, **kw)
 
-    encoders.CLIPTokenizer = _Tokenizer
-    encoders.CLIPTextModel = _TextModel
+    offline_clip_l(encoders)
     encoders.open_clip.create_model_and_transforms = create_without_pretrained
 
     config = OmegaConf.load(args.config)
