@@ -14,6 +14,7 @@ from memguard.hosts.a1111.conditioning import (
     prefix,
     take,
     with_crossattn,
+    with_pooled,
     with_rows,
 )
 
@@ -117,3 +118,22 @@ def test_with_rows_replaces_the_pooled_text_of_sdxls_vector_and_keeps_its_sizes(
     assert new["vector"][1, :3].tolist() == [-1.0] * 3 and torch.equal(new["vector"][1, 3:], vector[1, 3:])
     assert torch.equal(new["vector"][0], vector[0]) and torch.equal(new["crossattn"][1], torch.zeros(77, 4))
     assert torch.equal(cond["vector"], torch.arange(2 * (3 + SIZES), dtype=torch.float32).view(2, 3 + SIZES))
+
+
+def test_a_vector_without_pooled_text_has_none():
+    """Only a ``vector`` wider than the size/crop part carries pooled text: a dict without one, or one of the size
+    part alone, has none, and an SDXL dict with no pooled rows to replace is handed back as is."""
+    assert pooled_text({"crossattn": context()}) is None
+    assert pooled_text({"crossattn": context(), "vector": torch.zeros(3, SIZES)}) is None
+    sdxl = {"crossattn": context(n=2), "vector": torch.zeros(2, 3 + SIZES)}
+    assert with_rows(sdxl, {}) is sdxl and with_rows(sdxl, {}, {}) is sdxl
+
+
+def test_the_pooled_text_keeps_the_vectors_dtype():
+    """The host's ``vector`` is half precision under ``--precision half``: the optimized pooled text (float32) is
+    written back in the vector's dtype."""
+    vector = torch.zeros(2, 3 + SIZES, dtype=torch.float16)
+    new = with_rows({"crossattn": context(n=2), "vector": vector}, {}, {0: torch.ones(3)})
+    assert new["vector"].dtype == torch.float16 and new["vector"][0, :3].tolist() == [1.0] * 3
+    optimized = with_pooled({"crossattn": context(n=2), "vector": vector}, torch.ones(2, 3))  # the optimizer's float32
+    assert optimized["vector"].dtype == torch.float16 and optimized["vector"][:, :3].tolist() == [[1.0] * 3] * 2

@@ -615,6 +615,15 @@ def test_merge():
     assert m.guidance == ["g"] and m.attention == AttentionEdit() and torch.equal(m.cond, torch.zeros(1))
 
 
+def test_merge_keeps_the_second_steps_pooled_vector():
+    """On SDXL ``auto`` is embedding (context and pooled vector) then guidance, the second step computed on the
+    first's conditioning and carrying its pooled vector on: the merged intervention samples with the second's."""
+    pooled = torch.ones(1, 3)
+    first = Intervention(torch.zeros(1), [Report("embedding")], pooled=torch.zeros(1, 3))
+    second = Intervention(torch.zeros(1), [Report("guidance")], pooled=pooled)
+    assert merge(first, second).pooled is pooled
+
+
 def test_merge_adds_up_the_cost_of_both_steps():
     first = Intervention(
         torch.zeros(1), [Report("embedding", unet_forwards=5, unet_backwards=3, seconds=1.5, notes=["a"])]
