@@ -12,7 +12,7 @@ HOSTS := a1111 forge
 # (named indirectly: a recipe line that names $(MAKE) itself would run even under `make -n`)
 HOSTS_INSTALL = $(MAKE) --no-print-directory hosts
 
-.PHONY: demo test test-hosts $(addprefix test-,$(HOSTS)) hosts lint bench mutation mutation-js clean
+.PHONY: demo test test-hosts $(addprefix test-,$(HOSTS)) hosts lint bench mutation mutation-js screenshots clean
 
 $(VENV)/.installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -77,6 +77,11 @@ mutation: $(VENV)/.installed
 # (Debian's chromium); a few minutes.
 mutation-js: $(VENV)/.installed
 	$(PY) -u tests/js_mutation.py
+
+# The README's pictures (docs/panel.png, docs/tab.png), taken by the browser tests; a plain test run writes them to
+# out/ours/ and leaves the checkout as it was.
+screenshots: $(VENV)/.installed
+	MEMGUARD_DOCS_SCREENSHOTS=1 $(PY) -m pytest -q tests/browser/test_panel_browser.py tests/browser/test_tab_browser.py
 
 bench: $(VENV)/.installed
 	$(PY) bench/cost.py

@@ -34,9 +34,11 @@ RUN_TIMEOUT_MS = 300_000
 
 
 def screenshot_path(name: str) -> Path:
-    """Where a test saves the picture ``name``: ``docs/`` (the README shows it) on our own stack, ``out/<host>/``
-    on a host's stack, so that `make test` leaves the pictures of our stack in docs/."""
-    folder = REPO / "out" / HOST_STACK if HOST_STACK else REPO / "docs"
+    """Where a test saves the picture ``name``: ``out/<stack>/`` (``out/ours/`` on our own stack), so that a test
+    run leaves the checkout as it was; ``docs/`` (the README shows it) with ``MEMGUARD_DOCS_SCREENSHOTS=1`` on our
+    own stack (``make screenshots``)."""
+    to_docs = os.environ.get("MEMGUARD_DOCS_SCREENSHOTS") == "1" and not HOST_STACK
+    folder = REPO / "docs" if to_docs else REPO / "out" / (HOST_STACK or "ours")
     folder.mkdir(parents=True, exist_ok=True)
     return folder / name
 

@@ -2,7 +2,7 @@
 WebUI-like page (``webui_page.py``: the A1111 double generating with memguard loaded, its comments shown in
 ``#html_log_txt2img`` as the host shows them, memguard.js loaded as the host loads extension scripts; the img2img
 tab's prompt box and log, which the host never writes memguard's line into: a test writes one there). Writes
-``docs/panel.png`` (``out/<host>/`` on a WebUI host's stack: ``browser_helpers.screenshot_path``)."""
+``out/ours/panel.png`` (``docs/panel.png`` with ``make screenshots``: ``browser_helpers.screenshot_path``)."""
 
 from __future__ import annotations
 

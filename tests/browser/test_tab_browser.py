@@ -2,7 +2,7 @@
 
 Skipped, with the reason, when Playwright or ``/usr/bin/chromium`` is missing (CI installs both; see
 ``browser_helpers``). The model is the bundled miniature when it exists, else the tiny random one. Writes
-``docs/tab.png`` (``out/<host>/`` on a WebUI host's stack: ``browser_helpers.screenshot_path``).
+``out/ours/tab.png`` (``docs/tab.png`` with ``make screenshots``: ``browser_helpers.screenshot_path``).
 """
 
 from __future__ import annotations
