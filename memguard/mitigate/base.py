@@ -20,8 +20,6 @@ from typing import Any, Protocol
 
 import torch
 
-EpsModel = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-
 
 class RowsModel(Protocol):
     """A Case's network: ``eps(x, cond, rows, pooled)`` for the case's rows ``rows`` (all, in order, when None), which
